@@ -1,0 +1,35 @@
+# Human entry points. Each target is a thin wrapper over scripts/ and cargo.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/pg_s2t/target
+export PGRX_HOME ?= $(CURDIR)/.s2t/pgrx
+
+.PHONY: run stop test bench lint fmt clean-data help
+
+help:
+	@echo "make run    start PostgreSQL with pg_s2t (installs what is missing); writes .s2t/run.env"
+	@echo "make stop   stop what make run started (data is kept)"
+	@echo "make test   run every test against a throwaway cluster"
+	@echo "make bench  quota-admission benchmark -> bench/results/quota.json"
+	@echo "make lint   cargo fmt --check and clippy -D warnings"
+
+run:
+	@scripts/run.sh
+
+stop:
+	@scripts/stop.sh
+
+test:
+	@scripts/test.sh
+
+bench:
+	@scripts/bench.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean-data: stop
+	rm -rf .s2t/pg .s2t/run.env .s2t/secrets.env

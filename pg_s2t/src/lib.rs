@@ -1,0 +1,76 @@
+//! pg_s2t: the speech-to-text data model as a PostgreSQL extension.
+//!
+//! The tables, procedures, queue and security live in hand-written SQL
+//! (`src/sql/*.sql`), loaded in a fixed order below. Rust is used where it is
+//! the better tool: validating input and folding text. The logic itself lives
+//! in the pgrx-free `s2t-core` crate; these functions are thin shells.
+//!
+//! Layout:
+//! - [`users`]: registration checks.
+//! - [`quota`]: segment validation for completion.
+//! - [`queue`]: retry backoff.
+//! - [`search`]: text folding for the lexical index.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod queue;
+mod quota;
+mod search;
+mod users;
+
+/// The version of the loaded library, which `/readyz`-style checks compare
+/// against `pg_extension.extversion`.
+#[pg_extern(immutable, parallel_safe)]
+fn extension_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+extension_sql_file!(
+    "sql/tables.sql",
+    name = "tables",
+    requires = [search::fold_text]
+);
+extension_sql_file!(
+    "sql/quota.sql",
+    name = "quota",
+    requires = [
+        "tables",
+        users::registration_problem,
+        users::normalize_email
+    ]
+);
+extension_sql_file!(
+    "sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["quota", quota::segments_problem]
+);
+extension_sql_file!(
+    "sql/queue.sql",
+    name = "queue",
+    requires = ["lifecycle", queue::retry_backoff_seconds]
+);
+extension_sql_file!(
+    "sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["queue"]
+);
+extension_sql_file!(
+    "sql/security.sql",
+    name = "security",
+    requires = ["maintenance", extension_version],
+    finalize
+);
+
+/// Required by `cargo pgrx test`; our SQL tests run against a cluster the
+/// test harness starts (see `tests/`), because pgrx's runner cannot run as
+/// root.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

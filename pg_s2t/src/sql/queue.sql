@@ -1,0 +1,228 @@
+-- The batch transcription queue.
+--
+-- Channels:
+--   s2t_jobs              payload: recording id. Sent when a job becomes
+--                         claimable now (a new upload, a released job).
+--                         Retries with a delay send nothing: workers also poll.
+--   s2t_recording_events  payload: JSON {recording_id, user_id, status,
+--                         progress, failure_reason}. Sent when a recording's
+--                         status or progress changes.
+
+CREATE FUNCTION trg_enqueue_upload() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+BEGIN
+    INSERT INTO jobs (recording_id) VALUES (NEW.id);
+    PERFORM pg_notify('s2t_jobs', NEW.id::text);
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION trg_enqueue_upload() IS 'Trigger: queues a transcription job for each new upload recording and NOTIFYs s2t_jobs.';
+CREATE TRIGGER enqueue_upload
+    AFTER INSERT ON recordings FOR EACH ROW WHEN (NEW.source = 'upload')
+    EXECUTE FUNCTION trg_enqueue_upload();
+
+CREATE FUNCTION trg_notify_recording_event() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pg_notify('s2t_recording_events', json_build_object(
+        'recording_id', NEW.id, 'user_id', NEW.user_id, 'status', NEW.status,
+        'progress', NEW.meta -> 'progress', 'failure_reason', left(NEW.failure_reason, 500))::text);
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION trg_notify_recording_event() IS 'Trigger: NOTIFYs s2t_recording_events when a recording''s status or progress changes.';
+CREATE TRIGGER notify_recording_event
+    AFTER UPDATE ON recordings FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.meta -> 'progress' IS DISTINCT FROM NEW.meta -> 'progress')
+    EXECUTE FUNCTION trg_notify_recording_event();
+
+CREATE FUNCTION _lease_lost(in_job_id bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'S2S01', MESSAGE = format('job %s is not leased to you', in_job_id),
+        DETAIL = 'the lease expired and another worker claimed the job, or the job has finished',
+        HINT = 'Stop working on this job; whoever holds the lease will finish it.';
+END
+$$;
+COMMENT ON FUNCTION _lease_lost(bigint) IS 'Internal: raises S2S01 for a worker that no longer holds a job''s lease.';
+
+-- Jobs whose worker died during their last allowed attempt would otherwise
+-- stay 'running' forever: fail them with a reason.
+CREATE FUNCTION _fail_exhausted_jobs() RETURNS int
+LANGUAGE sql VOLATILE SET search_path = s2t, pg_catalog
+AS $$
+    WITH dead AS (
+        UPDATE jobs j
+           SET state = 'failed', lease_token = NULL, updated_at = now(),
+               last_error = format('the worker stopped responding on attempt %s of %s', j.attempts, j.max_attempts)
+         WHERE j.id IN (SELECT id FROM jobs
+                         WHERE state = 'running' AND visible_at <= now() AND attempts >= max_attempts
+                         FOR UPDATE SKIP LOCKED)
+        RETURNING j.recording_id, j.last_error
+    ), failed AS (
+        UPDATE recordings r
+           SET status = 'failed', completed_at = now(),
+               failure_reason = 'transcription did not finish: ' || dead.last_error
+          FROM dead
+         WHERE r.id = dead.recording_id AND r.status = 'processing'
+        RETURNING 1
+    )
+    SELECT count(*)::int FROM dead
+$$;
+COMMENT ON FUNCTION _fail_exhausted_jobs() IS 'Internal: fails running jobs whose lease expired on their last attempt.';
+
+CREATE FUNCTION claim_job(in_worker text, in_lease interval DEFAULT interval '5 minutes')
+RETURNS TABLE (
+    job_id bigint, recording_id uuid, attempt int, lease_token uuid, lease_until timestamptz,
+    user_id uuid, language text, audio_uri text, meta jsonb
+)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+DECLARE
+    v_job jobs%ROWTYPE;
+BEGIN
+    IF in_worker IS NULL OR btrim(in_worker) = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'worker name must not be empty', DETAIL = 'field: in_worker';
+    END IF;
+    IF in_lease IS NULL OR in_lease < interval '1 second' OR in_lease > interval '1 day' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = format('lease must be between 1 second and 1 day, got %s', in_lease),
+            DETAIL = 'field: in_lease', HINT = 'Use a lease a few times the heartbeat interval.';
+    END IF;
+    PERFORM _fail_exhausted_jobs();
+    UPDATE jobs j
+       SET state = 'running', attempts = j.attempts + 1, visible_at = now() + in_lease,
+           lease_token = gen_random_uuid(), locked_by = left(in_worker, 200), updated_at = now()
+     WHERE j.id = (SELECT q.id FROM jobs q
+                    WHERE q.state IN ('queued', 'running') AND q.visible_at <= now()
+                      AND q.attempts < q.max_attempts
+                    ORDER BY q.visible_at, q.id
+                    LIMIT 1
+                    FOR UPDATE SKIP LOCKED)
+    RETURNING j.* INTO v_job;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT v_job.id, v_job.recording_id, v_job.attempts, v_job.lease_token, v_job.visible_at,
+           r.user_id, r.language, r.audio_uri, r.meta
+      FROM recordings r WHERE r.id = v_job.recording_id;
+END
+$$;
+COMMENT ON FUNCTION claim_job(text, interval) IS 'Claims the oldest due job (FOR UPDATE SKIP LOCKED) with a lease; returns no row when none is due. A job whose lease expires can be claimed again; after max_attempts it fails.';
+
+CREATE FUNCTION heartbeat_job(
+    in_job_id bigint, in_lease_token uuid, in_extend interval DEFAULT interval '5 minutes', in_progress real DEFAULT NULL
+) RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+DECLARE
+    v_until timestamptz;
+    v_recording uuid;
+BEGIN
+    IF in_extend IS NULL OR in_extend < interval '1 second' OR in_extend > interval '1 day' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = format('lease extension must be between 1 second and 1 day, got %s', in_extend),
+            DETAIL = 'field: in_extend';
+    END IF;
+    IF in_progress IS NOT NULL AND NOT (in_progress BETWEEN 0 AND 1) THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = format('progress must be between 0 and 1, got %s', in_progress),
+            DETAIL = 'field: in_progress';
+    END IF;
+    UPDATE jobs SET visible_at = now() + in_extend, updated_at = now()
+     WHERE id = in_job_id AND state = 'running' AND lease_token = in_lease_token
+    RETURNING visible_at, recording_id INTO v_until, v_recording;
+    IF NOT FOUND THEN
+        PERFORM _lease_lost(in_job_id);
+    END IF;
+    IF in_progress IS NOT NULL THEN
+        UPDATE recordings
+           SET meta = coalesce(meta, '{}'::jsonb) || jsonb_build_object('progress', trim_scale(round(in_progress::numeric, 3)))
+         WHERE id = v_recording AND status = 'processing';
+    END IF;
+    RETURN v_until;
+END
+$$;
+COMMENT ON FUNCTION heartbeat_job(bigint, uuid, interval, real) IS 'Extends the lease of a job you hold and optionally records progress (0..1) in the recording''s meta.progress; returns the new lease end. Errors: S2S01 lease lost, S2V01 bad arguments.';
+
+CREATE FUNCTION complete_job(
+    in_job_id bigint, in_duration_ms int, in_segments jsonb, in_language text DEFAULT NULL
+) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+DECLARE
+    v_recording uuid;
+BEGIN
+    SELECT recording_id INTO v_recording FROM jobs WHERE id = in_job_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('job %s not found', in_job_id);
+    END IF;
+    -- Whoever finishes first wins, even a worker whose lease ran out: the
+    -- work is the same, and complete_recording makes it count once.
+    RETURN complete_recording(v_recording, in_duration_ms, in_segments, in_language);
+END
+$$;
+COMMENT ON FUNCTION complete_job(bigint, int, jsonb, text) IS 'Completes the job''s recording (see complete_recording): true the first time, false after. Errors as complete_recording, plus S2N01 unknown job.';
+
+CREATE FUNCTION fail_job(in_job_id bigint, in_lease_token uuid, in_reason text, in_retryable boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+DECLARE
+    v_job jobs%ROWTYPE;
+BEGIN
+    IF in_reason IS NULL OR btrim(in_reason) = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'a failure needs a reason', DETAIL = 'field: in_reason';
+    END IF;
+    SELECT * INTO v_job FROM jobs WHERE id = in_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('job %s not found', in_job_id);
+    END IF;
+    IF v_job.state <> 'running' OR v_job.lease_token IS DISTINCT FROM in_lease_token THEN
+        PERFORM _lease_lost(in_job_id);
+    END IF;
+    IF in_retryable AND v_job.attempts < v_job.max_attempts THEN
+        UPDATE jobs
+           SET state = 'queued', lease_token = NULL, locked_by = NULL, last_error = left(in_reason, 2000),
+               visible_at = now() + make_interval(secs => retry_backoff_seconds(v_job.attempts)), updated_at = now()
+         WHERE id = in_job_id;
+        RETURN 'queued';
+    END IF;
+    PERFORM fail_recording(v_job.recording_id, in_reason);
+    RETURN 'failed';
+END
+$$;
+COMMENT ON FUNCTION fail_job(bigint, uuid, text, boolean) IS 'Reports a failed attempt. Retryable failures go back to the queue with exponential backoff (10 s doubling, at most 15 min) until max_attempts; the rest fail the recording with the reason. Returns the new state. Errors: S2S01 lease lost, S2N01 unknown job, S2V01 empty reason.';
+
+CREATE FUNCTION release_job(in_job_id bigint, in_lease_token uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+DECLARE
+    v_recording uuid;
+BEGIN
+    UPDATE jobs
+       SET state = 'queued', attempts = greatest(attempts - 1, 0), lease_token = NULL, locked_by = NULL,
+           visible_at = now(), updated_at = now()
+     WHERE id = in_job_id AND state = 'running' AND lease_token = in_lease_token
+    RETURNING recording_id INTO v_recording;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_notify('s2t_jobs', v_recording::text);
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION release_job(bigint, uuid) IS 'Gives a job back untouched (for a worker shutting down): it is claimable at once and the attempt does not count. Returns false if the lease was already lost.';
+
+CREATE FUNCTION queue_stats()
+RETURNS TABLE (state text, jobs bigint, due bigint, oldest_created_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+    SELECT s.state, count(j.id), count(j.id) FILTER (WHERE j.visible_at <= now()), min(j.created_at)
+      FROM unnest(ARRAY['queued', 'running', 'done', 'failed']) AS s(state)
+      LEFT JOIN jobs j ON j.state = s.state
+     GROUP BY s.state
+     ORDER BY array_position(ARRAY['queued', 'running', 'done', 'failed'], s.state)
+$$;
+COMMENT ON FUNCTION queue_stats() IS 'Jobs per state, how many are due now, and the oldest: for metrics and dashboards.';

@@ -1,0 +1,251 @@
+-- Users, quotas and recordings: the specification's procedures under their
+-- original names, with its defects fixed (see the README's "Fixed defects").
+-- Every SECURITY DEFINER function pins search_path.
+
+CREATE FUNCTION current_user_id() RETURNS uuid
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT nullif(current_setting('s2t.user_id', true), '')::uuid $$;
+COMMENT ON FUNCTION current_user_id() IS 'The user this transaction acts for: the setting s2t.user_id (set it with set_config(''s2t.user_id'', id, true)), or NULL.';
+
+CREATE FUNCTION raise_problem(parts text[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF parts IS NULL THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = parts[1], MESSAGE = parts[2],
+        DETAIL = coalesce(parts[3], ''), HINT = coalesce(parts[4], '');
+END
+$$;
+COMMENT ON FUNCTION raise_problem(text[]) IS 'Raises [sqlstate, message, detail, hint] as an error; does nothing for NULL. Lets Rust validators report pg_s2t''s own SQLSTATEs.';
+
+-- Is the role that called us (through SET ROLE or by logging in) a
+-- restricted application role? Inside SECURITY DEFINER, current_user is the
+-- owner, so look at the session's role setting instead.
+CREATE FUNCTION _caller_is_app() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT r.rolname IS NOT NULL AND NOT r.rolsuper AND pg_has_role(r.oid, 's2t_app', 'MEMBER')
+    FROM (SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                      ELSE current_setting('role') END AS name) AS caller
+    LEFT JOIN pg_roles r ON r.rolname = caller.name
+$$;
+COMMENT ON FUNCTION _caller_is_app() IS 'True when the calling session acts as (a member of) s2t_app and is not a superuser.';
+
+CREATE FUNCTION _assert_may_act_for(in_user_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_acting uuid := s2t.current_user_id();
+BEGIN
+    IF v_acting IS NOT NULL THEN
+        IF v_acting IS DISTINCT FROM in_user_id THEN
+            -- Same answer as for a user that does not exist: no probing.
+            RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('user %s not found', in_user_id),
+                HINT = 'A session acting for one user (s2t.user_id) cannot read or change another user''s data.';
+        END IF;
+    ELSIF s2t._caller_is_app() THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 's2t.user_id is not set',
+            HINT = 'The application role must run set_config(''s2t.user_id'', <user id>, true) in each transaction.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION _assert_may_act_for(uuid) IS 'Raises unless this transaction may act for the user: s2t.user_id matches, or the caller is a trusted (non-application) role.';
+
+CREATE FUNCTION _problem(code text, message text, detail text, hint text) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT ARRAY[code, message, detail, hint] $$;
+COMMENT ON FUNCTION _problem(text, text, text, text) IS 'Builds the [sqlstate, message, detail, hint] array that raise_problem raises.';
+
+CREATE FUNCTION _utc(ts timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') $$;
+COMMENT ON FUNCTION _utc(timestamptz) IS 'ISO 8601 UTC text for a timestamp, independent of the session time zone.';
+
+CREATE FUNCTION _current_cycle(OUT cycle_start timestamptz, OUT cycle_end timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT date_trunc('month', now(), 'UTC'),
+           date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC')
+$$;
+COMMENT ON FUNCTION _current_cycle() IS 'The calendar month (UTC) that contains now(): the billing cycle.';
+
+-- Roll an expired cycle forward. The month boundary must never lock a user
+-- out until a batch job runs, so every path that needs the cycle calls this.
+CREATE FUNCTION _roll_cycle(in_user_id uuid) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+    UPDATE s2t.user_subscriptions s
+       SET cycle_start = c.cycle_start, cycle_end = c.cycle_end, usage_count = 0, used_seconds = 0
+      FROM s2t._current_cycle() c
+     WHERE s.user_id = in_user_id AND s.cycle_end <= now()
+$$;
+COMMENT ON FUNCTION _roll_cycle(uuid) IS 'Starts a new cycle (and zeroes the counters) for the user if the current one has ended.';
+
+-- The specification's trigger, kept: every new recording counts once.
+CREATE FUNCTION trg_increment_usage_on_recording() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+BEGIN
+    PERFORM _roll_cycle(NEW.user_id);
+    UPDATE user_subscriptions
+       SET usage_count = usage_count + 1
+     WHERE user_id = NEW.user_id AND now() >= cycle_start AND now() < cycle_end;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION trg_increment_usage_on_recording() IS 'Trigger: counts each new recording against the user''s monthly usage.';
+CREATE TRIGGER increment_usage_on_recording
+    AFTER INSERT ON recordings FOR EACH ROW EXECUTE FUNCTION trg_increment_usage_on_recording();
+
+CREATE FUNCTION register_user(
+    in_email text, in_user_name text, in_hashed_pass text,
+    in_name text DEFAULT NULL, in_default_plan_code text DEFAULT 'FREE'
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+DECLARE
+    v_plan_id uuid;
+    v_user_id uuid;
+    v_constraint text;
+    v_field text;
+BEGIN
+    PERFORM raise_problem(registration_problem(in_email, in_user_name, in_hashed_pass, in_name));
+    SELECT id INTO v_plan_id FROM plans WHERE code = in_default_plan_code;
+    IF v_plan_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('plan %s not found', in_default_plan_code),
+            HINT = (SELECT 'Known plans: ' || string_agg(code, ', ' ORDER BY monthly_minutes) FROM plans);
+    END IF;
+    BEGIN
+        INSERT INTO users (email, user_name, password_hash)
+        VALUES (normalize_email(in_email), in_user_name, in_hashed_pass)
+        RETURNING id INTO v_user_id;
+    EXCEPTION WHEN unique_violation THEN
+        GET STACKED DIAGNOSTICS v_constraint = CONSTRAINT_NAME;
+        v_field := CASE WHEN v_constraint LIKE '%email%' THEN 'email' ELSE 'user_name' END;
+        RAISE EXCEPTION USING ERRCODE = 'S2C01',
+            MESSAGE = format('%s is already taken', v_field),
+            DETAIL = format('field: %s', v_field),
+            HINT = CASE v_field WHEN 'email' THEN 'Log in, or register with another e-mail address.'
+                                ELSE 'Choose another user name.' END;
+    END;
+    INSERT INTO user_profiles (user_id, name) VALUES (v_user_id, in_name);
+    INSERT INTO user_subscriptions (user_id, plan_id) VALUES (v_user_id, v_plan_id);
+    RETURN v_user_id;
+END
+$$;
+COMMENT ON FUNCTION register_user(text, text, text, text, text) IS 'Creates a user with profile and subscription in one transaction and returns the id. Errors: S2V01 invalid input (detail names the field), S2C01 email or user name taken, S2N01 unknown plan.';
+
+CREATE PROCEDURE sp_register_user(
+    in_email text, in_user_name text, in_hashed_pass text, in_name text, in_default_plan_code text
+)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+BEGIN
+    PERFORM register_user(in_email, in_user_name, in_hashed_pass, in_name, coalesce(in_default_plan_code, 'FREE'));
+END
+$$;
+COMMENT ON PROCEDURE sp_register_user(text, text, text, text, text) IS 'The specification''s registration procedure; see register_user, which also returns the new id.';
+
+-- The admission decision, shared by the raising and the row-returning front
+-- doors so that neither needs a subtransaction.
+CREATE FUNCTION _admit_recording(
+    in_user_id uuid, in_source text, in_language text, in_meta jsonb, in_audio_uri text,
+    OUT recording_id uuid, OUT refusal text[]
+)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+DECLARE
+    v_sub user_subscriptions%ROWTYPE;
+    v_plan plans%ROWTYPE;
+    v_user_status text;
+BEGIN
+    PERFORM _assert_may_act_for(in_user_id);
+    IF in_source IS NULL OR in_source NOT IN ('realtime', 'upload') THEN
+        refusal := _problem('S2V01', format('source must be ''realtime'' or ''upload'', got %L', in_source),
+                            'field: source', 'Use ''upload'' for files and ''realtime'' for streamed audio.');
+        RETURN;
+    END IF;
+    IF in_language IS NOT NULL AND in_language !~ '^(auto|[a-z]{2,3})$' THEN
+        refusal := _problem('S2V01', format('language must be ''auto'' or an ISO 639 code such as ''vi'' or ''en'', got %L', in_language),
+                            'field: language', 'Pass ''auto'' to detect the language.');
+        RETURN;
+    END IF;
+    IF in_meta IS NOT NULL AND jsonb_typeof(in_meta) <> 'object' THEN
+        refusal := _problem('S2V01', 'meta must be a JSON object', 'field: meta', 'Pass ''{}'' for no metadata.');
+        RETURN;
+    END IF;
+
+    -- The row lock serialises concurrent admissions of one user, so the
+    -- check and the count below cannot interleave (the seed's version read
+    -- without a lock and over-admitted).
+    SELECT * INTO v_sub FROM user_subscriptions WHERE user_id = in_user_id FOR UPDATE;
+    IF NOT FOUND THEN
+        refusal := _problem('S2N01', format('user %s not found', in_user_id), 'no subscription for this user',
+                            'Register the user with s2t.register_user first.');
+        RETURN;
+    END IF;
+    IF v_sub.cycle_end <= now() THEN
+        PERFORM _roll_cycle(in_user_id);
+        SELECT * INTO v_sub FROM user_subscriptions WHERE user_id = in_user_id;
+    END IF;
+    SELECT status INTO v_user_status FROM users WHERE id = in_user_id;
+    IF v_user_status <> 'active' THEN
+        refusal := _problem('S2S01', format('user %s is %s', in_user_id, v_user_status), NULL,
+                            'A disabled account cannot create recordings.');
+        RETURN;
+    END IF;
+    SELECT * INTO v_plan FROM plans WHERE id = v_sub.plan_id;
+    IF v_sub.usage_count >= v_plan.monthly_usage_limit THEN
+        refusal := _problem('S2Q01',
+            format('monthly transcription limit reached: %s of %s used on plan %s; resets at %s',
+                   v_sub.usage_count, v_plan.monthly_usage_limit, v_plan.code, _utc(v_sub.cycle_end)),
+            format('limit: monthly_usage_limit; used: %s; limit_value: %s; resets_at: %s',
+                   v_sub.usage_count, v_plan.monthly_usage_limit, _utc(v_sub.cycle_end)),
+            'Wait for the reset or move to a larger plan with s2t.sp_change_user_plan.');
+        RETURN;
+    END IF;
+    IF v_sub.used_seconds >= v_plan.monthly_minutes * 60 THEN
+        refusal := _problem('S2Q02',
+            format('monthly minutes used up: %s of %s seconds used on plan %s; resets at %s',
+                   v_sub.used_seconds, v_plan.monthly_minutes * 60, v_plan.code, _utc(v_sub.cycle_end)),
+            format('limit: monthly_minutes; used: %s; limit_value: %s; resets_at: %s',
+                   v_sub.used_seconds, v_plan.monthly_minutes * 60, _utc(v_sub.cycle_end)),
+            'Wait for the reset or move to a larger plan with s2t.sp_change_user_plan.');
+        RETURN;
+    END IF;
+
+    -- The trigger counts the recording against usage_count.
+    INSERT INTO recordings (user_id, source, language, meta, audio_uri)
+    VALUES (in_user_id, in_source, coalesce(in_language, 'vi'), coalesce(in_meta, '{}'::jsonb), in_audio_uri)
+    RETURNING id INTO recording_id;
+END
+$$;
+COMMENT ON FUNCTION _admit_recording(uuid, text, text, jsonb, text) IS 'Internal: checks quota under a row lock and creates the recording, or returns why not.';
+
+CREATE FUNCTION check_quota_and_create_recording(
+    in_user_id uuid, in_source text, in_language text DEFAULT 'vi',
+    in_meta jsonb DEFAULT '{}'::jsonb, in_audio_uri text DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_result record;
+BEGIN
+    SELECT * INTO v_result FROM s2t._admit_recording(in_user_id, in_source, in_language, in_meta, in_audio_uri);
+    PERFORM s2t.raise_problem(v_result.refusal);
+    RETURN v_result.recording_id;
+END
+$$;
+COMMENT ON FUNCTION check_quota_and_create_recording(uuid, text, text, jsonb, text) IS 'Atomically checks the quota and creates a recording (an upload also enqueues a transcription job). Errors: S2Q01 usage limit, S2Q02 minutes limit (message and detail give usage, limit and reset time), S2N01 unknown user, S2S01 disabled user, S2V01 bad input.';
+
+CREATE FUNCTION sp_check_quota_and_create_recording(
+    in_user_id uuid, in_source text, in_language text DEFAULT 'vi', in_meta jsonb DEFAULT '{}'::jsonb
+) RETURNS TABLE (recording_id uuid, quota_ok boolean, error_message text)
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT a.recording_id, a.refusal IS NULL, coalesce(a.refusal[2], '')
+    FROM s2t._admit_recording(in_user_id, in_source, in_language, in_meta, NULL) a
+$$;
+COMMENT ON FUNCTION sp_check_quota_and_create_recording(uuid, text, text, jsonb) IS 'The specification''s admission function: returns (recording_id, true, '''') or (NULL, false, reason) instead of raising.';

@@ -1,0 +1,111 @@
+-- Row-level security and privileges.
+--
+-- s2t_app (the gateway) sees only the rows of the user named by the
+-- per-transaction setting s2t.user_id, and changes data only through the
+-- functions below. s2t_worker reads what it transcribes and drives the queue.
+-- Superusers and the extension owner bypass RLS, which the SECURITY DEFINER
+-- functions rely on.
+
+ALTER TABLE users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE user_profiles ENABLE ROW LEVEL SECURITY;
+ALTER TABLE user_subscriptions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE recordings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE recording_audio ENABLE ROW LEVEL SECURITY;
+ALTER TABLE segments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE transcript_chunks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE refresh_tokens ENABLE ROW LEVEL SECURITY;
+ALTER TABLE jobs ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY own_user ON users TO s2t_app
+    USING (id = current_user_id()) WITH CHECK (id = current_user_id());
+CREATE POLICY own_profile ON user_profiles TO s2t_app
+    USING (user_id = current_user_id()) WITH CHECK (user_id = current_user_id());
+CREATE POLICY own_subscription ON user_subscriptions TO s2t_app
+    USING (user_id = current_user_id());
+CREATE POLICY own_recordings ON recordings TO s2t_app
+    USING (user_id = current_user_id()) WITH CHECK (user_id = current_user_id());
+CREATE POLICY own_audio ON recording_audio TO s2t_app
+    USING (EXISTS (SELECT FROM recordings r WHERE r.id = recording_id AND r.user_id = current_user_id()));
+CREATE POLICY own_segments ON segments TO s2t_app
+    USING (EXISTS (SELECT FROM recordings r WHERE r.id = recording_id AND r.user_id = current_user_id()));
+CREATE POLICY own_chunks ON transcript_chunks TO s2t_app
+    USING (user_id = current_user_id());
+CREATE POLICY own_refresh_tokens ON refresh_tokens TO s2t_app
+    USING (user_id = current_user_id());
+
+-- Workers act for every user, but only on what transcription needs.
+CREATE POLICY worker_recordings ON recordings TO s2t_worker USING (true);
+CREATE POLICY worker_audio ON recording_audio TO s2t_worker USING (true);
+CREATE POLICY worker_segments ON segments TO s2t_worker USING (true);
+CREATE POLICY worker_chunks ON transcript_chunks TO s2t_worker USING (true) WITH CHECK (true);
+CREATE POLICY worker_jobs ON jobs TO s2t_worker USING (true);
+
+GRANT USAGE ON SCHEMA s2t TO s2t_app, s2t_worker;
+
+-- Never the password hash: login goes through the gateway's own checks.
+GRANT SELECT (id, email, user_name, verified, role, status, created_at) ON users TO s2t_app;
+GRANT SELECT ON plans TO s2t_app, s2t_worker;
+GRANT SELECT, UPDATE (name, avatar_url) ON user_profiles TO s2t_app;
+GRANT SELECT ON user_subscriptions, segments, transcript_chunks, recording_audio TO s2t_app;
+GRANT SELECT, DELETE ON recordings TO s2t_app;
+GRANT SELECT (id, user_id, family_id, created_at, expires_at, revoked_at, replaced_by) ON refresh_tokens TO s2t_app;
+
+GRANT SELECT ON recordings, recording_audio, segments, jobs TO s2t_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON transcript_chunks TO s2t_worker;
+
+-- Functions: nothing by default, then what each role needs. Only our own:
+-- CASCADE may have put pgvector into this schema too, and its functions must
+-- stay callable.
+DO $revoke$
+DECLARE
+    v_routine regprocedure;
+BEGIN
+    FOR v_routine IN
+        SELECT p.oid::regprocedure
+          FROM pg_proc p
+          JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+          JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_s2t'
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', v_routine);
+    END LOOP;
+END
+$revoke$;
+
+-- Harmless helpers anyone may call (fold_text also backs the tsv column).
+GRANT EXECUTE ON FUNCTION fold_text(text), extension_version(), current_user_id(),
+    normalize_email(text), raise_problem(text[]) TO PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    register_user(text, text, text, text, text),
+    _admit_recording(uuid, text, text, jsonb, text),
+    check_quota_and_create_recording(uuid, text, text, jsonb, text),
+    sp_check_quota_and_create_recording(uuid, text, text, jsonb),
+    complete_recording(uuid, int, jsonb, text),
+    fail_recording(uuid, text),
+    sp_get_user_stats(uuid),
+    sp_change_user_plan(uuid, text, boolean)
+TO s2t_app, s2t_worker;
+GRANT EXECUTE ON PROCEDURE
+    sp_register_user(text, text, text, text, text),
+    sp_complete_recording(uuid, int, jsonb)
+TO s2t_app, s2t_worker;
+
+GRANT EXECUTE ON FUNCTION
+    claim_job(text, interval),
+    heartbeat_job(bigint, uuid, interval, real),
+    complete_job(bigint, int, jsonb, text),
+    fail_job(bigint, uuid, text, boolean),
+    release_job(bigint, uuid),
+    queue_stats(),
+    reset_monthly_cycles(),
+    sp_cleanup_old_recordings(int, int)
+TO s2t_worker;
+GRANT EXECUTE ON PROCEDURE sp_reset_monthly_cycles() TO s2t_worker;
+
+COMMENT ON SCHEMA s2t IS 'pg_s2t: speech-to-text data model, quotas, job queue and search';
+COMMENT ON FUNCTION extension_version() IS 'Version of the loaded pg_s2t library; compare with pg_extension.extversion.';
+COMMENT ON FUNCTION fold_text(text) IS 'Lower-cases and strips diacritics (Vietnamese included) for accent-insensitive search.';
+COMMENT ON FUNCTION normalize_email(text) IS 'Trimmed, lower-case e-mail address, or NULL if the input is not one.';
+COMMENT ON FUNCTION registration_problem(text, text, text, text) IS 'NULL if registration input is valid, else [sqlstate, message, detail, hint].';
+COMMENT ON FUNCTION segments_problem(jsonb, int) IS 'NULL if the segments are valid for the duration, else [sqlstate, message, detail, hint].';
+COMMENT ON FUNCTION retry_backoff_seconds(int) IS 'Seconds before retrying after the given failed attempt: 10, 20, 40, ... at most 900.';

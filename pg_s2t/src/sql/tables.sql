@@ -1,0 +1,178 @@
+-- pg_s2t data model: the seven tables of the specification, plus the job
+-- queue, stored audio and refresh tokens. Runs inside CREATE EXTENSION with
+-- search_path = s2t.
+
+-- Group roles. Roles are cluster-wide and outlive the extension, so create
+-- them only when missing.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 's2t_app') THEN
+        CREATE ROLE s2t_app NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 's2t_worker') THEN
+        CREATE ROLE s2t_worker NOLOGIN;
+    END IF;
+END
+$roles$;
+COMMENT ON ROLE s2t_app IS 'pg_s2t: the application (gateway) role; sees only the rows of the user named by s2t.user_id';
+COMMENT ON ROLE s2t_worker IS 'pg_s2t: transcription workers; may claim and complete jobs and run maintenance';
+
+CREATE TABLE users (
+    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    email         text UNIQUE NOT NULL,
+    password_hash text NOT NULL,
+    user_name     text UNIQUE NOT NULL,
+    verified      boolean NOT NULL DEFAULT false,
+    role          text NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+    status        text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+-- User names are unique regardless of case, so "Alice" cannot impersonate "alice".
+CREATE UNIQUE INDEX users_user_name_lower_key ON users (lower(user_name));
+COMMENT ON TABLE users IS 'Accounts. email is stored lower-case; password_hash is produced by the client (argon2id).';
+
+CREATE TABLE user_profiles (
+    user_id    uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    name       text,
+    avatar_url text
+);
+COMMENT ON TABLE user_profiles IS 'One profile per user (display name, avatar); deleted with the user.';
+
+CREATE TABLE plans (
+    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    code                text UNIQUE NOT NULL,
+    name                text NOT NULL,
+    description         text,
+    plan_type           text NOT NULL DEFAULT 'free',
+    plan_cost           int NOT NULL DEFAULT 0 CHECK (plan_cost >= 0),
+    plan_discount       int NOT NULL DEFAULT 0 CHECK (plan_discount BETWEEN 0 AND 100),
+    monthly_minutes     int NOT NULL CHECK (monthly_minutes >= 0),
+    monthly_usage_limit int NOT NULL CHECK (monthly_usage_limit >= 0),
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE plans IS 'Service plans: monthly minutes and monthly number of transcriptions.';
+
+INSERT INTO plans (code, name, description, plan_type, plan_cost, monthly_minutes, monthly_usage_limit) VALUES
+    ('FREE',       'Free',       '60 minutes and 30 transcriptions a month',        'free',       0,    60,    30),
+    ('BASIC',      'Basic',      '600 minutes and 300 transcriptions a month',      'paid',       5,   600,   300),
+    ('PREMIUM',    'Premium',    '3000 minutes and 1500 transcriptions a month',    'paid',      20,  3000,  1500),
+    ('ENTERPRISE', 'Enterprise', '30000 minutes and 20000 transcriptions a month',  'enterprise', 200, 30000, 20000);
+
+CREATE TABLE user_subscriptions (
+    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id      uuid NOT NULL UNIQUE REFERENCES users (id) ON DELETE CASCADE,
+    plan_id      uuid NOT NULL REFERENCES plans (id),
+    cycle_start  timestamptz NOT NULL DEFAULT date_trunc('month', now(), 'UTC'),
+    cycle_end    timestamptz NOT NULL DEFAULT date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC'),
+    usage_count  int NOT NULL DEFAULT 0 CHECK (usage_count >= 0),
+    used_seconds int NOT NULL DEFAULT 0 CHECK (used_seconds >= 0),
+    CONSTRAINT unique_user_subscription UNIQUE (user_id),
+    CONSTRAINT cycle_is_forward CHECK (cycle_end > cycle_start)
+);
+COMMENT ON TABLE user_subscriptions IS 'One subscription per user. Cycles are calendar months in UTC, rolled forward lazily by the quota check and in bulk by reset_monthly_cycles().';
+
+CREATE TABLE recordings (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id        uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    source         text NOT NULL CHECK (source IN ('realtime', 'upload')),
+    language       text DEFAULT 'vi',
+    status         text NOT NULL DEFAULT 'processing' CHECK (status IN ('processing', 'done', 'failed')),
+    duration_ms    int DEFAULT 0 CHECK (duration_ms >= 0),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    completed_at   timestamptz,
+    meta           jsonb DEFAULT '{}'::jsonb,
+    failure_reason text,
+    audio_uri      text,
+    billed_seconds int NOT NULL DEFAULT 0 CHECK (billed_seconds >= 0),
+    -- Lets child tables carry user_id with a foreign key that proves it.
+    CONSTRAINT recordings_id_user_key UNIQUE (id, user_id),
+    CONSTRAINT failure_has_reason CHECK (status <> 'failed' OR failure_reason IS NOT NULL)
+);
+COMMENT ON TABLE recordings IS 'A transcription of one upload or one realtime session. status: processing -> done | failed.';
+COMMENT ON COLUMN recordings.failure_reason IS 'Why the recording failed, in words a user can read; set when status = failed.';
+COMMENT ON COLUMN recordings.audio_uri IS 'Where the audio lives: "db:" means the bytes are in s2t.recording_audio (so a worker needs only a database connection); file:// and other schemes name external storage.';
+COMMENT ON COLUMN recordings.billed_seconds IS 'Seconds charged to the subscription by complete_recording (duration rounded up); 0 until done.';
+COMMENT ON COLUMN recordings.meta IS 'Free-form client metadata; the worker keeps progress (0..1) in meta.progress.';
+CREATE INDEX recordings_user_created_idx ON recordings (user_id, created_at DESC, id DESC);
+CREATE INDEX recordings_user_status_created_idx ON recordings (user_id, status, created_at DESC, id DESC);
+CREATE INDEX recordings_created_idx ON recordings (created_at) WHERE status IN ('done', 'failed');
+
+CREATE TABLE recording_audio (
+    recording_id uuid PRIMARY KEY REFERENCES recordings (id) ON DELETE CASCADE,
+    content_type text NOT NULL DEFAULT 'application/octet-stream',
+    data         bytea NOT NULL,
+    size_bytes   bigint GENERATED ALWAYS AS (octet_length(data)) STORED,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+-- Audio is already compressed; skip TOAST's pglz attempt.
+ALTER TABLE recording_audio ALTER COLUMN data SET STORAGE EXTERNAL;
+COMMENT ON TABLE recording_audio IS 'Uploaded audio bytes for recordings whose audio_uri is "db:".';
+
+CREATE TABLE segments (
+    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    recording_id uuid NOT NULL REFERENCES recordings (id) ON DELETE CASCADE,
+    idx          int NOT NULL CHECK (idx >= 0),
+    start_ms     int NOT NULL CHECK (start_ms >= 0),
+    end_ms       int NOT NULL,
+    text         text NOT NULL,
+    words        jsonb,
+    CONSTRAINT segment_times_ordered CHECK (end_ms >= start_ms),
+    CONSTRAINT unique_recording_segment UNIQUE (recording_id, idx)
+);
+COMMENT ON TABLE segments IS 'Timed transcript segments of a recording; words holds word timestamps when the engine gives them.';
+
+CREATE TABLE transcript_chunks (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    recording_id    uuid NOT NULL,
+    user_id         uuid NOT NULL,
+    chunk_index     int NOT NULL CHECK (chunk_index >= 0),
+    start_ms        int NOT NULL CHECK (start_ms >= 0),
+    end_ms          int NOT NULL,
+    text            text NOT NULL,
+    token_count     int NOT NULL DEFAULT 0,
+    embedding       @extschema:vector@.vector(384),
+    embedding_model text,
+    tsv             tsvector GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, s2t.fold_text(text))) STORED,
+    CONSTRAINT unique_recording_chunk UNIQUE (recording_id, chunk_index),
+    CONSTRAINT chunk_times_ordered CHECK (end_ms >= start_ms),
+    CONSTRAINT chunk_recording_fk FOREIGN KEY (recording_id, user_id)
+        REFERENCES recordings (id, user_id) ON DELETE CASCADE,
+    CONSTRAINT embedding_has_model CHECK (embedding IS NULL OR embedding_model IS NOT NULL)
+);
+COMMENT ON TABLE transcript_chunks IS 'Search units cut from a transcript, with a dense embedding and an accent-folded full-text vector.';
+COMMENT ON COLUMN transcript_chunks.embedding_model IS 'Which model produced embedding, so vectors of different models are never compared.';
+CREATE INDEX transcript_chunks_embedding_idx ON transcript_chunks
+    USING hnsw (embedding @extschema:vector@.vector_cosine_ops);
+CREATE INDEX transcript_chunks_tsv_idx ON transcript_chunks USING gin (tsv);
+CREATE INDEX transcript_chunks_user_idx ON transcript_chunks (user_id);
+
+CREATE TABLE jobs (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    recording_id uuid NOT NULL UNIQUE REFERENCES recordings (id) ON DELETE CASCADE,
+    state        text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    attempts     int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    max_attempts int NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
+    visible_at   timestamptz NOT NULL DEFAULT now(),
+    lease_token  uuid,
+    locked_by    text,
+    last_error   text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE jobs IS 'Batch transcription queue. A queued or running job is claimable once visible_at has passed: for a running job visible_at is the end of its lease.';
+CREATE INDEX jobs_claimable_idx ON jobs (visible_at, id) WHERE state IN ('queued', 'running');
+
+CREATE TABLE refresh_tokens (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id     uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    family_id   uuid NOT NULL,
+    token_hash  bytea NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    revoked_at  timestamptz,
+    replaced_by uuid REFERENCES refresh_tokens (id) ON DELETE SET NULL,
+    CONSTRAINT token_expires_after_creation CHECK (expires_at > created_at)
+);
+COMMENT ON TABLE refresh_tokens IS 'Opaque refresh tokens, stored as hashes. Tokens of one login share family_id; re-using a rotated token revokes the family.';
+CREATE INDEX refresh_tokens_user_idx ON refresh_tokens (user_id);
+CREATE INDEX refresh_tokens_family_idx ON refresh_tokens (family_id);

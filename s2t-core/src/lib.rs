@@ -1,0 +1,18 @@
+//! Logic that the extension, the worker and the gateway share, kept free of
+//! pgrx so that plain `cargo test` covers it.
+//!
+//! Layout:
+//! - [`sqlstate`]: the extension's own SQLSTATE codes, the one list every
+//!   client maps from.
+//! - [`problem`]: a user-facing error (SQLSTATE, message, detail, hint).
+//! - [`validate`]: input checks for users and transcript segments.
+//! - [`queue`]: job-queue policy (retry backoff).
+//! - [`text`]: text folding for accent-insensitive lexical search.
+
+pub mod problem;
+pub mod queue;
+pub mod sqlstate;
+pub mod text;
+pub mod validate;
+
+pub use problem::Problem;

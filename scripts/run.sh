@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# make run: install what is missing, build the extension, start PostgreSQL
+# with pg_s2t, and write .s2t/run.env. Safe to run again: keeps the data and
+# upgrades the extension in place.
+source "$(dirname "$0")/lib.sh"
+
+ensure_deps
+mkdir -p "$STATE"
+install_extension
+ensure_pg_os_user
+
+DATA="$STATE/pg"
+PORT="${S2T_PG_PORT:-54329}"
+SECRETS="$STATE/secrets.env"
+
+if [ ! -f "$SECRETS" ]; then
+    umask 077
+    {
+        echo "S2T_PG_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        echo "S2T_GATEWAY_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        echo "S2T_WORKER_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+    } >"$SECRETS"
+    umask 022
+fi
+# shellcheck disable=SC1090
+source "$SECRETS"
+
+if [ ! -f "$DATA/data/PG_VERSION" ]; then
+    say "creating the cluster in $DATA"
+    cluster_init "$DATA" scram-sha-256 "$S2T_PG_PASSWORD"
+fi
+if cluster_running "$DATA"; then
+    # Restart so new backends load a rebuilt library for certain.
+    say "restarting PostgreSQL on 127.0.0.1:$PORT"
+    cluster_stop "$DATA"
+else
+    say "starting PostgreSQL on 127.0.0.1:$PORT"
+fi
+cluster_start "$DATA" "$PORT"
+
+if [ "$(psql_admin "$DATA" "$PORT" postgres -c "SELECT count(*) FROM pg_database WHERE datname = 's2t'")" = "0" ]; then
+    psql_admin "$DATA" "$PORT" postgres -c "CREATE DATABASE s2t"
+fi
+psql_admin "$DATA" "$PORT" s2t <<'SQL'
+CREATE EXTENSION IF NOT EXISTS pg_s2t CASCADE;
+SELECT 'ALTER EXTENSION pg_s2t UPDATE' FROM pg_extension e, pg_available_extensions a
+ WHERE e.extname = 'pg_s2t' AND a.name = 'pg_s2t' AND e.extversion <> a.default_version \gexec
+SQL
+create_login_roles "$DATA" "$PORT" "$S2T_GATEWAY_PASSWORD" "$S2T_WORKER_PASSWORD"
+VERSION="$(psql_admin "$DATA" "$PORT" s2t -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_s2t'")"
+
+cat >"$STATE/run.env" <<ENV
+# Written by make run. source this file to reach the running system.
+DATABASE_URL=postgres://s2t:$S2T_PG_PASSWORD@127.0.0.1:$PORT/s2t
+APP_DATABASE_URL=postgres://s2t_gateway:$S2T_GATEWAY_PASSWORD@127.0.0.1:$PORT/s2t
+WORKER_DATABASE_URL=postgres://s2t_worker_svc:$S2T_WORKER_PASSWORD@127.0.0.1:$PORT/s2t
+PG_BIN=$PG_BIN
+ENV
+chmod 600 "$STATE/run.env"
+
+cat <<MSG
+
+pg_s2t $VERSION is running on PostgreSQL 18 at 127.0.0.1:$PORT (database s2t).
+
+  source .s2t/run.env
+  \$PG_BIN/psql "\$DATABASE_URL"          # as the owner (superuser)
+  \$PG_BIN/psql "\$APP_DATABASE_URL"      # as the application role, under row-level security
+
+Try:  SELECT s2t.register_user('ann@example.com', 'ann', '\$argon2id\$demo', 'Ann');
+Stop: make stop        Tests: make test        Benchmarks: make bench
+MSG

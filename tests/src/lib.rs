@@ -1,0 +1,181 @@
+//! Test harness: each test gets its own database, cloned from a template
+//! that has `pg_s2t` installed, on the throwaway cluster `make test` starts.
+//!
+//! The cluster is described by two variables that `scripts/test.sh` sets:
+//! `S2T_TEST_ADMIN_URL` (a superuser DSN) and `S2T_TEST_TEMPLATE`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+/// A login role that is a member of `s2t_app`, created by the test script.
+pub const APP_LOGIN: &str = "s2t_gateway";
+/// A login role that is a member of `s2t_worker`.
+pub const WORKER_LOGIN: &str = "s2t_worker_svc";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn admin_url() -> String {
+    std::env::var("S2T_TEST_ADMIN_URL").expect(
+        "S2T_TEST_ADMIN_URL is not set: run the SQL tests through `make test`, which starts their cluster",
+    )
+}
+
+/// Connect and drive the connection on the runtime.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A fresh database with the extension installed.
+pub struct TestDb {
+    pub name: String,
+    pub admin: Client,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let template = std::env::var("S2T_TEST_TEMPLATE").unwrap_or_else(|_| "s2t_template".into());
+        let name = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            Uuid::new_v4()
+                .simple()
+                .to_string()
+                .get(..8)
+                .expect("uuid has 32 hex digits")
+        );
+        let root = connect(&admin_url()).await;
+        root.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await
+            .expect("create test database");
+        let admin = connect(&Self::url_for(&name, "s2t")).await;
+        TestDb { name, admin }
+    }
+
+    fn url_for(db: &str, user: &str) -> String {
+        let base = admin_url();
+        let (_, rest) = base.split_once('@').expect("admin url has user@host");
+        let host = rest
+            .rsplit_once('/')
+            .map(|(h, _)| h)
+            .expect("admin url has /db");
+        format!("postgres://{user}@{host}/{db}")
+    }
+
+    /// The DSN of this database for a login role.
+    pub fn url(&self, user: &str) -> String {
+        Self::url_for(&self.name, user)
+    }
+
+    /// A new connection as a login role (trust auth on the test cluster).
+    pub async fn connect_as(&self, user: &str) -> Client {
+        connect(&self.url(user)).await
+    }
+
+    /// A new superuser connection to this database.
+    pub async fn connect_admin(&self) -> Client {
+        connect(&self.url("s2t")).await
+    }
+}
+
+/// The SQLSTATE of a database error, or a panic that shows what came back.
+pub fn sqlstate(err: &tokio_postgres::Error) -> &str {
+    err.as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {err}"))
+        .code()
+        .code()
+}
+
+/// Assert that a call failed with `code`, and return the server's message
+/// (message, detail, hint) for further checks.
+pub fn expect_code<T: std::fmt::Debug>(
+    result: Result<T, tokio_postgres::Error>,
+    code: &str,
+) -> (String, String, String) {
+    let err = result.expect_err(&format!("expected SQLSTATE {code}"));
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {err}"));
+    assert_eq!(
+        db.code().code(),
+        code,
+        "wrong SQLSTATE; message: {}",
+        db.message()
+    );
+    (
+        db.message().to_string(),
+        db.detail().unwrap_or_default().to_string(),
+        db.hint().unwrap_or_default().to_string(),
+    )
+}
+
+/// Register a user through the extension and return its id.
+pub async fn register(client: &Client, user_name: &str) -> Uuid {
+    client
+        .query_one(
+            "SELECT s2t.register_user($1, $2, '$argon2id$test', $3)",
+            &[
+                &format!("{user_name}@example.com"),
+                &user_name,
+                &format!("Name of {user_name}"),
+            ],
+        )
+        .await
+        .expect("register user")
+        .get(0)
+}
+
+/// Put a user on a plan with the given limits (a private plan per call).
+pub async fn set_limits(client: &Client, user: Uuid, usage_limit: i32, minutes: i32) {
+    let code = format!("TEST_{}", Uuid::new_v4().simple());
+    client
+        .execute(
+            "INSERT INTO s2t.plans (code, name, monthly_minutes, monthly_usage_limit) VALUES ($1, $1, $2, $3)",
+            &[&code, &minutes, &usage_limit],
+        )
+        .await
+        .expect("create plan");
+    client
+        .execute(
+            "UPDATE s2t.user_subscriptions SET plan_id = (SELECT id FROM s2t.plans WHERE code = $1) WHERE user_id = $2",
+            &[&code, &user],
+        )
+        .await
+        .expect("move user to plan");
+}
+
+/// Create a recording as a trusted caller and return its id.
+pub async fn new_recording(client: &Client, user: Uuid, source: &str) -> Uuid {
+    client
+        .query_one(
+            "SELECT s2t.check_quota_and_create_recording($1, $2, 'en')",
+            &[&user, &source],
+        )
+        .await
+        .expect("create recording")
+        .get(0)
+}
+
+/// Start a transaction acting for `user` (as the gateway does).
+pub async fn act_as(client: &Client, user: Uuid) {
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .execute(
+            "SELECT set_config('s2t.user_id', $1, true)",
+            &[&user.to_string()],
+        )
+        .await
+        .expect("set s2t.user_id");
+}
+
+/// One segment as JSON.
+pub fn seg(idx: i32, start_ms: i32, end_ms: i32, text: &str) -> serde_json::Value {
+    serde_json::json!({"idx": idx, "start_ms": start_ms, "end_ms": end_ms, "text": text})
+}

@@ -1,0 +1,499 @@
+//! The job queue: enqueue + NOTIFY, claim with SKIP LOCKED and leases,
+//! heartbeat, retries with backoff, release and completion.
+
+use futures_util::StreamExt;
+use s2t_tests::*;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use uuid::Uuid;
+
+struct Claim {
+    job_id: i64,
+    recording_id: Uuid,
+    attempt: i32,
+    token: Uuid,
+}
+
+async fn claim(client: &Client, worker: &str, lease: &str) -> Option<Claim> {
+    client
+        .query_opt(
+            "SELECT job_id, recording_id, attempt, lease_token FROM s2t.claim_job($1, $2::text::interval)",
+            &[&worker, &lease],
+        )
+        .await
+        .expect("claim_job")
+        .map(|r| Claim {
+            job_id: r.get(0),
+            recording_id: r.get(1),
+            attempt: r.get(2),
+            token: r.get(3),
+        })
+}
+
+async fn job_state(db: &TestDb, job: i64) -> (String, i32, bool) {
+    let row = db
+        .admin
+        .query_one(
+            "SELECT state, attempts, visible_at > now() FROM s2t.jobs WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test]
+async fn an_upload_enqueues_a_job_and_notifies() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "ann").await;
+    let (listener, mut connection) = tokio_postgres::connect(&db.url("s2t"), NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN s2t_jobs").await.unwrap();
+
+    let realtime = new_recording(&db.admin, user, "realtime").await;
+    let upload = new_recording(&db.admin, user, "upload").await;
+    let (channel, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notification within 10 s")
+        .unwrap();
+    assert_eq!(channel, "s2t_jobs");
+    assert_eq!(payload, upload.to_string());
+    let jobs: Vec<Uuid> = db
+        .admin
+        .query(
+            "SELECT recording_id FROM s2t.jobs WHERE state = 'queued'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        jobs,
+        vec![upload],
+        "realtime recordings are not queued ({realtime})"
+    );
+}
+
+#[tokio::test]
+async fn claim_takes_the_oldest_due_job_then_nothing() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "bob").await;
+    let first = new_recording(&db.admin, user, "upload").await;
+    let second = new_recording(&db.admin, user, "upload").await;
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let a = claim(&worker, "w1", "5 minutes").await.unwrap();
+    let b = claim(&worker, "w1", "5 minutes").await.unwrap();
+    assert_eq!((a.recording_id, b.recording_id), (first, second));
+    assert_eq!(a.attempt, 1);
+    assert!(claim(&worker, "w1", "5 minutes").await.is_none());
+    let (state, attempts, leased) = job_state(&db, a.job_id).await;
+    assert_eq!((state.as_str(), attempts, leased), ("running", 1, true));
+    for (name, lease) in [("", "1 minute"), ("w", "0 seconds"), ("w", "2 days")] {
+        expect_code(
+            worker
+                .query_opt(
+                    "SELECT * FROM s2t.claim_job($1, $2::text::interval)",
+                    &[&name, &lease],
+                )
+                .await,
+            "S2V01",
+        );
+    }
+}
+
+/// 8 claimers race over 100 jobs: every job is claimed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_claimers_claim_each_job_once() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "cyd").await;
+    set_limits(&db.admin, user, 1000, 6000).await;
+    let mut expected = HashSet::new();
+    for _ in 0..100 {
+        expected.insert(new_recording(&db.admin, user, "upload").await);
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let client = db.connect_as(WORKER_LOGIN).await;
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(c) = claim(&client, &format!("worker-{w}"), "10 minutes").await {
+                mine.push(c.recording_id);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    let mut busy_workers = 0;
+    for task in tasks {
+        let mine = task.await.unwrap();
+        if !mine.is_empty() {
+            busy_workers += 1;
+        }
+        all.extend(mine);
+    }
+    assert_eq!(all.len(), 100, "no job claimed twice, none missed");
+    let unique: HashSet<Uuid> = all.into_iter().collect();
+    assert_eq!(unique, expected);
+    assert!(busy_workers >= 2, "the claimers really ran concurrently");
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_claimed_again_and_the_old_holder_is_refused() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "dee").await;
+    let rec = new_recording(&db.admin, user, "upload").await;
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let first = claim(&worker, "dies", "1 second").await.unwrap();
+    assert!(
+        claim(&worker, "other", "1 minute").await.is_none(),
+        "leased jobs are invisible"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let second = claim(&worker, "other", "1 minute")
+        .await
+        .expect("reclaimed");
+    assert_eq!(second.recording_id, rec);
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.token, first.token);
+    // The first worker comes back: its lease is gone.
+    expect_code(
+        worker
+            .query_one(
+                "SELECT s2t.heartbeat_job($1, $2)",
+                &[&first.job_id, &first.token],
+            )
+            .await,
+        "S2S01",
+    );
+    expect_code(
+        worker
+            .query_one(
+                "SELECT s2t.fail_job($1, $2, 'boom')",
+                &[&first.job_id, &first.token],
+            )
+            .await,
+        "S2S01",
+    );
+    let released: bool = worker
+        .query_one(
+            "SELECT s2t.release_job($1, $2)",
+            &[&first.job_id, &first.token],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!released);
+    // Both finish: the work counts once.
+    let segments = json!([seg(0, 0, 500, "hello")]);
+    let results: Vec<bool> = vec![
+        worker
+            .query_one(
+                "SELECT s2t.complete_job($1, 1000, $2)",
+                &[&second.job_id, &segments],
+            )
+            .await
+            .unwrap()
+            .get(0),
+        worker
+            .query_one(
+                "SELECT s2t.complete_job($1, 1000, $2)",
+                &[&first.job_id, &segments],
+            )
+            .await
+            .unwrap()
+            .get(0),
+    ];
+    assert_eq!(results, vec![true, false]);
+    let (segments, seconds): (i64, i32) = {
+        let row = db
+            .admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM s2t.segments WHERE recording_id = $1),
+                        (SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $2)",
+                &[&rec, &user],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((segments, seconds), (1, 1));
+    assert_eq!(job_state(&db, first.job_id).await.0, "done");
+    expect_code(
+        worker
+            .query_one("SELECT s2t.complete_job(-1, 1000, '[]')", &[])
+            .await,
+        "S2N01",
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_extends_the_lease_and_records_progress() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "eve").await;
+    let rec = new_recording(&db.admin, user, "upload").await;
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let c = claim(&worker, "w", "2 seconds").await.unwrap();
+    let row = worker
+        .query_one(
+            "SELECT s2t.heartbeat_job($1, $2, interval '10 minutes', 0.25) > now() + interval '9 minutes'",
+            &[&c.job_id, &c.token],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(
+        claim(&worker, "thief", "1 minute").await.is_none(),
+        "the extended lease holds"
+    );
+    let progress: String = db
+        .admin
+        .query_one(
+            "SELECT meta->>'progress' FROM s2t.recordings WHERE id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(progress, "0.25");
+    for (extend, progress) in [("0 seconds", 0.5f32), ("1 minute", 1.5f32)] {
+        expect_code(
+            worker
+                .query_one(
+                    "SELECT s2t.heartbeat_job($1, $2, $3::text::interval, $4)",
+                    &[&c.job_id, &c.token, &extend, &progress],
+                )
+                .await,
+            "S2V01",
+        );
+    }
+}
+
+#[tokio::test]
+async fn retryable_failures_back_off_then_fail_the_recording() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "fay").await;
+    let rec = new_recording(&db.admin, user, "upload").await;
+    db.admin
+        .execute(
+            "UPDATE s2t.jobs SET max_attempts = 2 WHERE recording_id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap();
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let c = claim(&worker, "w", "1 minute").await.unwrap();
+    let state: String = worker
+        .query_one(
+            "SELECT s2t.fail_job($1, $2, 'database hiccup')",
+            &[&c.job_id, &c.token],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "queued");
+    let row = db
+        .admin
+        .query_one(
+            "SELECT visible_at - now() BETWEEN interval '8 seconds' AND interval '11 seconds', last_error
+               FROM s2t.jobs WHERE id = $1",
+            &[&c.job_id],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "first retry waits about 10 s");
+    assert_eq!(row.get::<_, String>(1), "database hiccup");
+    assert!(
+        claim(&worker, "w", "1 minute").await.is_none(),
+        "not due yet"
+    );
+    db.admin
+        .execute(
+            "UPDATE s2t.jobs SET visible_at = now() WHERE id = $1",
+            &[&c.job_id],
+        )
+        .await
+        .unwrap();
+    let c2 = claim(&worker, "w", "1 minute").await.unwrap();
+    assert_eq!(c2.attempt, 2);
+    let state: String = worker
+        .query_one(
+            "SELECT s2t.fail_job($1, $2, 'database hiccup again')",
+            &[&c2.job_id, &c2.token],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "failed", "out of attempts");
+    let row = db
+        .admin
+        .query_one(
+            "SELECT status, failure_reason FROM s2t.recordings WHERE id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert_eq!(row.get::<_, String>(1), "database hiccup again");
+    expect_code(
+        worker
+            .query_one("SELECT s2t.fail_job(-5, $1, 'x')", &[&Uuid::new_v4()])
+            .await,
+        "S2N01",
+    );
+}
+
+#[tokio::test]
+async fn permanent_failures_fail_at_once_and_release_gives_the_job_back() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "gus").await;
+    let corrupt = new_recording(&db.admin, user, "upload").await;
+    let other = new_recording(&db.admin, user, "upload").await;
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let c = claim(&worker, "w", "1 minute").await.unwrap();
+    assert_eq!(c.recording_id, corrupt);
+    expect_code(
+        worker
+            .query_one("SELECT s2t.fail_job($1, $2, '')", &[&c.job_id, &c.token])
+            .await,
+        "S2V01",
+    );
+    let state: String = worker
+        .query_one(
+            "SELECT s2t.fail_job($1, $2, 'the file is not audio', false)",
+            &[&c.job_id, &c.token],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "failed");
+    let c = claim(&worker, "w", "1 minute").await.unwrap();
+    assert_eq!(c.recording_id, other);
+    let released: bool = worker
+        .query_one("SELECT s2t.release_job($1, $2)", &[&c.job_id, &c.token])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(released);
+    let (state, attempts, _) = job_state(&db, c.job_id).await;
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("queued", 0),
+        "a release does not use an attempt"
+    );
+    let again = claim(&worker, "w2", "1 minute").await.unwrap();
+    assert_eq!((again.recording_id, again.attempt), (other, 1));
+
+    let stats: Vec<(String, i64)> = worker
+        .query("SELECT state, jobs FROM s2t.queue_stats()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        stats,
+        vec![
+            ("queued".to_string(), 0),
+            ("running".to_string(), 1),
+            ("done".to_string(), 0),
+            ("failed".to_string(), 1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_dies_on_the_last_attempt_fails_with_a_reason() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "hal").await;
+    let rec = new_recording(&db.admin, user, "upload").await;
+    db.admin
+        .execute(
+            "UPDATE s2t.jobs SET max_attempts = 1 WHERE recording_id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap();
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    claim(&worker, "dies", "1 second").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(claim(&worker, "next", "1 minute").await.is_none());
+    let row = db
+        .admin
+        .query_one(
+            "SELECT r.status, r.failure_reason, j.state FROM s2t.recordings r
+               JOIN s2t.jobs j ON j.recording_id = r.id WHERE r.id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert!(row
+        .get::<_, String>(1)
+        .contains("stopped responding on attempt 1 of 1"));
+    assert_eq!(row.get::<_, String>(2), "failed");
+}
+
+#[tokio::test]
+async fn status_and_progress_changes_are_notified() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "ivy").await;
+    let rec = new_recording(&db.admin, user, "upload").await;
+    let (listener, mut connection) = tokio_postgres::connect(&db.url("s2t"), NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN s2t_recording_events")
+        .await
+        .unwrap();
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let c = claim(&worker, "w", "1 minute").await.unwrap();
+    worker
+        .query_one(
+            "SELECT s2t.heartbeat_job($1, $2, interval '1 minute', 0.5)",
+            &[&c.job_id, &c.token],
+        )
+        .await
+        .unwrap();
+    worker
+        .query_one("SELECT s2t.complete_job($1, 10, '[]')", &[&c.job_id])
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let payload = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event")
+            .unwrap();
+        events.push(serde_json::from_str::<serde_json::Value>(&payload).unwrap());
+    }
+    assert_eq!(events[0]["recording_id"], rec.to_string());
+    assert_eq!(events[0]["status"], "processing");
+    assert_eq!(events[0]["progress"], 0.5);
+    assert_eq!(events[1]["status"], "done");
+    assert_eq!(events[1]["progress"], 1);
+    assert_eq!(events[1]["user_id"], user.to_string());
+}
