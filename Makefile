@@ -32,4 +32,4 @@ fmt:
 	cargo fmt --all
 
 clean-data: stop
-	rm -rf .s2t/pg .s2t/run.env .s2t/secrets.env
+	rm -rf .s2t/pg .s2t/run.env .s2t/secrets.env .s2t/schema.sha256

@@ -26,6 +26,7 @@ fi
 source "$SECRETS"
 
 if [ ! -f "$DATA/data/PG_VERSION" ]; then
+    rm -f "$STATE/schema.sha256"
     say "creating the cluster in $DATA"
     cluster_init "$DATA" scram-sha-256 "$S2T_PG_PASSWORD"
 fi
@@ -47,6 +48,17 @@ SELECT 'ALTER EXTENSION pg_s2t UPDATE' FROM pg_extension e, pg_available_extensi
  WHERE e.extname = 'pg_s2t' AND a.name = 'pg_s2t' AND e.extversion <> a.default_version \gexec
 SQL
 create_login_roles "$DATA" "$PORT" "$S2T_GATEWAY_PASSWORD" "$S2T_WORKER_PASSWORD"
+
+# Same version, different install script: the database still has the old
+# objects. Say so rather than run with a silently stale schema.
+SCRIPT_SHA="$(sha256sum "$("$PG_CONFIG" --sharedir)/extension/pg_s2t--$(grep -m1 '^version' "$ROOT/Cargo.toml" | cut -d'"' -f2).sql" | cut -d' ' -f1)"
+if [ -f "$STATE/schema.sha256" ] && [ "$(cat "$STATE/schema.sha256")" != "$SCRIPT_SHA" ]; then
+    printf '\nwarning: the pg_s2t install script changed but its version did not, so database s2t keeps\n' >&2
+    printf '         the old objects. Bump the version and add an upgrade script in pg_s2t/sql/, or\n' >&2
+    printf '         start over with: make clean-data && make run\n\n' >&2
+else
+    echo "$SCRIPT_SHA" >"$STATE/schema.sha256"
+fi
 VERSION="$(psql_admin "$DATA" "$PORT" s2t -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_s2t'")"
 
 cat >"$STATE/run.env" <<ENV

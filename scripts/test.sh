@@ -25,6 +25,10 @@ psql_admin "$DATA" "$PORT" postgres -c "CREATE DATABASE s2t_template"
 psql_admin "$DATA" "$PORT" s2t_template -c "CREATE EXTENSION pg_s2t CASCADE"
 create_login_roles "$DATA" "$PORT" gateway-test worker-test
 
+say "sql/examples.sql"
+psql_admin "$DATA" "$PORT" postgres -c "CREATE DATABASE examples TEMPLATE s2t_template"
+psql_admin "$DATA" "$PORT" examples -f "$ROOT/sql/examples.sql" >/dev/null
+
 export S2T_TEST_ADMIN_URL="postgres://s2t@127.0.0.1:$PORT/postgres"
 export S2T_TEST_TEMPLATE="s2t_template"
 export PG_BIN

@@ -179,3 +179,33 @@ pub async fn act_as(client: &Client, user: Uuid) {
 pub fn seg(idx: i32, start_ms: i32, end_ms: i32, text: &str) -> serde_json::Value {
     serde_json::json!({"idx": idx, "start_ms": start_ms, "end_ms": end_ms, "text": text})
 }
+
+/// LISTEN on `channel` from a new superuser connection; notifications arrive
+/// on the receiver as `(channel, payload)`. Keep the client alive while
+/// listening.
+pub async fn listen(
+    db: &TestDb,
+    channel: &str,
+) -> (
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(&db.url("s2t"), NoTls)
+        .await
+        .expect("connect listener");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .expect("LISTEN");
+    (client, rx)
+}

@@ -1,12 +1,11 @@
 //! The job queue: enqueue + NOTIFY, claim with SKIP LOCKED and leases,
 //! heartbeat, retries with backoff, release and completion.
 
-use futures_util::StreamExt;
 use s2t_tests::*;
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 struct Claim {
@@ -48,19 +47,7 @@ async fn job_state(db: &TestDb, job: i64) -> (String, i32, bool) {
 async fn an_upload_enqueues_a_job_and_notifies() {
     let db = TestDb::new().await;
     let user = register(&db.admin, "ann").await;
-    let (listener, mut connection) = tokio_postgres::connect(&db.url("s2t"), NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
-            }
-        }
-    });
-    listener.batch_execute("LISTEN s2t_jobs").await.unwrap();
+    let (_listener, mut rx) = listen(&db, "s2t_jobs").await;
 
     let realtime = new_recording(&db.admin, user, "realtime").await;
     let upload = new_recording(&db.admin, user, "upload").await;
@@ -453,22 +440,7 @@ async fn status_and_progress_changes_are_notified() {
     let db = TestDb::new().await;
     let user = register(&db.admin, "ivy").await;
     let rec = new_recording(&db.admin, user, "upload").await;
-    let (listener, mut connection) = tokio_postgres::connect(&db.url("s2t"), NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    listener
-        .batch_execute("LISTEN s2t_recording_events")
-        .await
-        .unwrap();
+    let (_listener, mut rx) = listen(&db, "s2t_recording_events").await;
     let worker = db.connect_as(WORKER_LOGIN).await;
     let c = claim(&worker, "w", "1 minute").await.unwrap();
     worker
@@ -484,7 +456,7 @@ async fn status_and_progress_changes_are_notified() {
         .unwrap();
     let mut events = Vec::new();
     for _ in 0..2 {
-        let payload = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        let (_, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("an event")
             .unwrap();

@@ -335,3 +335,42 @@ async fn monthly_reset_rolls_only_ended_cycles() {
     assert_eq!(again, 0);
     assert_eq!(usage(&db, current).await, (5, 50));
 }
+
+#[tokio::test]
+async fn the_trigger_counts_direct_inserts_and_restarts_ended_cycles() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "ida").await;
+    let insert = "INSERT INTO s2t.recordings (user_id, source) VALUES ($1, 'realtime')";
+    db.admin.execute(insert, &[&user]).await.unwrap();
+    db.admin.execute(insert, &[&user]).await.unwrap();
+    assert_eq!(usage(&db, user).await, (2, 0));
+    // An admitted recording is counted once, not by both the check and the trigger.
+    new_recording(&db.admin, user, "realtime").await;
+    assert_eq!(usage(&db, user).await, (3, 0));
+    // A forged marker for another row does not stop the count.
+    db.admin.batch_execute("BEGIN").await.unwrap();
+    db.admin
+        .execute(
+            "SELECT set_config('s2t.counted_recording', gen_random_uuid()::text, true)",
+            &[],
+        )
+        .await
+        .unwrap();
+    db.admin.execute(insert, &[&user]).await.unwrap();
+    db.admin.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(usage(&db, user).await, (4, 0));
+    db.admin
+        .execute(
+            "UPDATE s2t.user_subscriptions SET cycle_start = now() - interval '2 months',
+                    cycle_end = now() - interval '1 month', used_seconds = 500 WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    db.admin.execute(insert, &[&user]).await.unwrap();
+    assert_eq!(
+        usage(&db, user).await,
+        (1, 0),
+        "a new cycle, counting this recording"
+    );
+}

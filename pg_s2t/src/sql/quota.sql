@@ -22,16 +22,19 @@ COMMENT ON FUNCTION raise_problem(text[]) IS 'Raises [sqlstate, message, detail,
 
 -- Is the role that called us (through SET ROLE or by logging in) a
 -- restricted application role? Inside SECURITY DEFINER, current_user is the
--- owner, so look at the session's role setting instead.
+-- owner, so look at the session's role setting instead. A superuser is a
+-- member of every role, so "member of s2t_app but not of s2t_worker" leaves
+-- superusers (and roles deliberately given both) trusted, with no catalog
+-- query: this runs on every admission.
 CREATE FUNCTION _caller_is_app() RETURNS boolean
 LANGUAGE sql STABLE
 AS $$
-    SELECT r.rolname IS NOT NULL AND NOT r.rolsuper AND pg_has_role(r.oid, 's2t_app', 'MEMBER')
-    FROM (SELECT CASE WHEN current_setting('role') = 'none' THEN session_user::text
-                      ELSE current_setting('role') END AS name) AS caller
-    LEFT JOIN pg_roles r ON r.rolname = caller.name
+    SELECT pg_has_role(CASE WHEN current_setting('role') = 'none' THEN session_user
+                            ELSE current_setting('role')::name END, 's2t_app', 'MEMBER')
+           AND NOT pg_has_role(CASE WHEN current_setting('role') = 'none' THEN session_user
+                                    ELSE current_setting('role')::name END, 's2t_worker', 'MEMBER')
 $$;
-COMMENT ON FUNCTION _caller_is_app() IS 'True when the calling session acts as (a member of) s2t_app and is not a superuser.';
+COMMENT ON FUNCTION _caller_is_app() IS 'True when the calling session acts as a member of s2t_app that is neither a superuser nor a member of s2t_worker.';
 
 CREATE FUNCTION _assert_may_act_for(in_user_id uuid) RETURNS void
 LANGUAGE plpgsql STABLE
@@ -83,19 +86,31 @@ AS $$
 $$;
 COMMENT ON FUNCTION _roll_cycle(uuid) IS 'Starts a new cycle (and zeroes the counters) for the user if the current one has ended.';
 
--- The specification's trigger, kept: every new recording counts once.
+-- The specification's trigger, kept: every new recording counts once. The
+-- admission function counts its own row in the UPDATE that checks the limit
+-- (one row lock instead of two writes) and marks it, so the trigger counts
+-- every other insert. An ended cycle restarts here too, so a recording
+-- inserted after the month turned counts in the new month.
 CREATE FUNCTION trg_increment_usage_on_recording() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql
 AS $$
 BEGIN
-    PERFORM _roll_cycle(NEW.user_id);
-    UPDATE user_subscriptions
-       SET usage_count = usage_count + 1
-     WHERE user_id = NEW.user_id AND now() >= cycle_start AND now() < cycle_end;
+    IF current_setting('s2t.counted_recording', true) = NEW.id::text THEN
+        PERFORM set_config('s2t.counted_recording', '', true);
+        RETURN NEW;
+    END IF;
+    UPDATE s2t.user_subscriptions s
+       SET usage_count  = CASE WHEN s.cycle_end <= now() THEN 1 ELSE s.usage_count + 1 END,
+           used_seconds = CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END,
+           cycle_start  = CASE WHEN s.cycle_end <= now() THEN date_trunc('month', now(), 'UTC') ELSE s.cycle_start END,
+           cycle_end    = CASE WHEN s.cycle_end <= now()
+                               THEN date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC')
+                               ELSE s.cycle_end END
+     WHERE s.user_id = NEW.user_id;
     RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION trg_increment_usage_on_recording() IS 'Trigger: counts each new recording against the user''s monthly usage.';
+COMMENT ON FUNCTION trg_increment_usage_on_recording() IS 'Trigger: counts each new recording against the user''s monthly usage (starting a new cycle if the old one ended).';
 CREATE TRIGGER increment_usage_on_recording
     AFTER INSERT ON recordings FOR EACH ROW EXECUTE FUNCTION trg_increment_usage_on_recording();
 
@@ -157,9 +172,13 @@ CREATE FUNCTION _admit_recording(
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
 AS $$
 DECLARE
-    v_sub user_subscriptions%ROWTYPE;
-    v_plan plans%ROWTYPE;
+    v_usage int;
+    v_seconds int;
+    v_cycle_end timestamptz;
     v_user_status text;
+    v_plan_code text;
+    v_usage_limit int;
+    v_minutes int;
 BEGIN
     PERFORM _assert_may_act_for(in_user_id);
     IF in_source IS NULL OR in_source NOT IN ('realtime', 'upload') THEN
@@ -177,49 +196,62 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The row lock serialises concurrent admissions of one user, so the
-    -- check and the count below cannot interleave (the seed's version read
-    -- without a lock and over-admitted).
-    SELECT * INTO v_sub FROM user_subscriptions WHERE user_id = in_user_id FOR UPDATE;
+    -- Check and count in one conditional UPDATE: it takes the row lock, so
+    -- concurrent admissions of one user queue here and each sees the count
+    -- the previous one left (the seed read without a lock and over-admitted).
+    -- An ended cycle restarts in the same statement, so the month boundary
+    -- never locks anyone out.
+    recording_id := gen_random_uuid();
+    UPDATE user_subscriptions s
+       SET usage_count  = CASE WHEN s.cycle_end <= now() THEN 1 ELSE s.usage_count + 1 END,
+           used_seconds = CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END,
+           cycle_start  = CASE WHEN s.cycle_end <= now() THEN date_trunc('month', now(), 'UTC') ELSE s.cycle_start END,
+           cycle_end    = CASE WHEN s.cycle_end <= now()
+                               THEN date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC')
+                               ELSE s.cycle_end END
+      FROM plans p, users u
+     WHERE s.user_id = in_user_id AND p.id = s.plan_id AND u.id = s.user_id AND u.status = 'active'
+       AND (s.cycle_end <= now()
+            OR (s.usage_count < p.monthly_usage_limit AND s.used_seconds < p.monthly_minutes * 60));
+    IF FOUND THEN
+        -- Tell the usage trigger that this row is already counted.
+        PERFORM set_config('s2t.counted_recording', recording_id::text, true);
+        INSERT INTO recordings (id, user_id, source, language, meta, audio_uri)
+        VALUES (recording_id, in_user_id, in_source, coalesce(in_language, 'vi'),
+                coalesce(in_meta, '{}'::jsonb), in_audio_uri);
+        RETURN;
+    END IF;
+    recording_id := NULL;
+
+    -- Refused: find out why, for the message (no lock needed to explain).
+    SELECT s.usage_count, s.used_seconds, s.cycle_end, u.status, p.code,
+           p.monthly_usage_limit, p.monthly_minutes
+      INTO v_usage, v_seconds, v_cycle_end, v_user_status, v_plan_code, v_usage_limit, v_minutes
+      FROM user_subscriptions s
+      JOIN users u ON u.id = s.user_id
+      JOIN plans p ON p.id = s.plan_id
+     WHERE s.user_id = in_user_id;
     IF NOT FOUND THEN
         refusal := _problem('S2N01', format('user %s not found', in_user_id), 'no subscription for this user',
                             'Register the user with s2t.register_user first.');
-        RETURN;
-    END IF;
-    IF v_sub.cycle_end <= now() THEN
-        PERFORM _roll_cycle(in_user_id);
-        SELECT * INTO v_sub FROM user_subscriptions WHERE user_id = in_user_id;
-    END IF;
-    SELECT status INTO v_user_status FROM users WHERE id = in_user_id;
-    IF v_user_status <> 'active' THEN
+    ELSIF v_user_status <> 'active' THEN
         refusal := _problem('S2S01', format('user %s is %s', in_user_id, v_user_status), NULL,
                             'A disabled account cannot create recordings.');
-        RETURN;
-    END IF;
-    SELECT * INTO v_plan FROM plans WHERE id = v_sub.plan_id;
-    IF v_sub.usage_count >= v_plan.monthly_usage_limit THEN
+    ELSIF v_usage >= v_usage_limit THEN
         refusal := _problem('S2Q01',
             format('monthly transcription limit reached: %s of %s used on plan %s; resets at %s',
-                   v_sub.usage_count, v_plan.monthly_usage_limit, v_plan.code, _utc(v_sub.cycle_end)),
+                   v_usage, v_usage_limit, v_plan_code, _utc(v_cycle_end)),
             format('limit: monthly_usage_limit; used: %s; limit_value: %s; resets_at: %s',
-                   v_sub.usage_count, v_plan.monthly_usage_limit, _utc(v_sub.cycle_end)),
+                   v_usage, v_usage_limit, _utc(v_cycle_end)),
             'Wait for the reset or move to a larger plan with s2t.sp_change_user_plan.');
-        RETURN;
-    END IF;
-    IF v_sub.used_seconds >= v_plan.monthly_minutes * 60 THEN
+    ELSE
         refusal := _problem('S2Q02',
             format('monthly minutes used up: %s of %s seconds used on plan %s; resets at %s',
-                   v_sub.used_seconds, v_plan.monthly_minutes * 60, v_plan.code, _utc(v_sub.cycle_end)),
+                   v_seconds, v_minutes * 60, v_plan_code, _utc(v_cycle_end)),
             format('limit: monthly_minutes; used: %s; limit_value: %s; resets_at: %s',
-                   v_sub.used_seconds, v_plan.monthly_minutes * 60, _utc(v_sub.cycle_end)),
+                   v_seconds, v_minutes * 60, _utc(v_cycle_end)),
             'Wait for the reset or move to a larger plan with s2t.sp_change_user_plan.');
-        RETURN;
     END IF;
-
-    -- The trigger counts the recording against usage_count.
-    INSERT INTO recordings (user_id, source, language, meta, audio_uri)
-    VALUES (in_user_id, in_source, coalesce(in_language, 'vi'), coalesce(in_meta, '{}'::jsonb), in_audio_uri)
-    RETURNING id INTO recording_id;
 END
 $$;
 COMMENT ON FUNCTION _admit_recording(uuid, text, text, jsonb, text) IS 'Internal: checks quota under a row lock and creates the recording, or returns why not.';
