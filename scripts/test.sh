@@ -6,6 +6,9 @@ source "$(dirname "$0")/lib.sh"
 
 ensure_deps
 mkdir -p "$STATE"
+"$ROOT/scripts/models.sh"
+export S2T_MODELS_DIR="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}"
+export S2T_MODEL_PKGS="$S2T_MODELS_DIR/pkgs"
 install_extension
 ensure_pg_os_user
 

