@@ -42,19 +42,9 @@ fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Res
         ctx.model_n_text_head(),
         ctx.model_n_text_layer(),
         ctx.model_n_mels(),
+        ctx.model_ftype(),
     ];
-    let written = [
-        h.n_vocab,
-        h.n_audio_ctx,
-        h.n_audio_state,
-        h.n_audio_head,
-        h.n_audio_layer,
-        h.n_text_ctx,
-        h.n_text_state,
-        h.n_text_head,
-        h.n_text_layer,
-        h.n_mels,
-    ];
+    let written = h.fields();
     anyhow::ensure!(
         loaded == written,
         "whisper.cpp reads {loaded:?}, the converter wrote {written:?}"
@@ -72,27 +62,17 @@ fn main() -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let report = s2t_worker::model::convert_ct2_to_ggml(&ct2, &out)
                 .with_context(|| format!("converting {}", ct2.display()))?;
-            let h = report.hparams;
             println!(
-                "wrote {} ({} bytes, {} tensors, {} tokens) in {:.1} s: vocab {}, audio {}x{} ({} heads, {} layers), text {}x{} ({} heads, {} layers), {} mels",
+                "wrote {} ({} bytes, {} tensors, {} tokens) in {:.1} s; hparams {:?}",
                 out.display(),
                 report.bytes,
                 report.tensors,
                 report.vocabulary,
                 started.elapsed().as_secs_f64(),
-                h.n_vocab,
-                h.n_audio_ctx,
-                h.n_audio_state,
-                h.n_audio_head,
-                h.n_audio_layer,
-                h.n_text_ctx,
-                h.n_text_state,
-                h.n_text_head,
-                h.n_text_layer,
-                h.n_mels
+                report.hparams
             );
             if check {
-                verify(&out, &h)?;
+                verify(&out, &report.hparams)?;
                 println!(
                     "verified: whisper.cpp loads {} with these hyper-parameters",
                     out.display()

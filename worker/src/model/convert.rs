@@ -51,6 +51,25 @@ pub struct HParams {
     pub ftype: i32,
 }
 
+impl HParams {
+    /// The header fields in file order.
+    pub fn fields(&self) -> [i32; 11] {
+        [
+            self.n_vocab,
+            self.n_audio_ctx,
+            self.n_audio_state,
+            self.n_audio_head,
+            self.n_audio_layer,
+            self.n_text_ctx,
+            self.n_text_state,
+            self.n_text_head,
+            self.n_text_layer,
+            self.n_mels,
+            self.ftype,
+        ]
+    }
+}
+
 /// What a conversion produced.
 #[derive(Debug, Clone)]
 pub struct ConvertReport {
@@ -227,8 +246,58 @@ fn split_fused(
     Ok(())
 }
 
+/// The parts every block has: self-attention (`attn`) and the MLP.
+fn block(
+    out: &mut Vec<Out>,
+    model: &Ct2Model,
+    s: &str,
+    t: &str,
+    d: usize,
+) -> Result<(), ConvertError> {
+    split_fused(
+        out,
+        model,
+        &format!("{s}/self_attention/linear_0"),
+        &[
+            &format!("{t}.attn.query"),
+            &format!("{t}.attn.key"),
+            &format!("{t}.attn.value"),
+        ],
+        d,
+    )?;
+    linear(
+        out,
+        model,
+        &format!("{s}/self_attention/linear_1"),
+        &format!("{t}.attn.out"),
+    )?;
+    layer_norm(
+        out,
+        model,
+        &format!("{s}/self_attention/layer_norm"),
+        &format!("{t}.attn_ln"),
+    )?;
+    linear(
+        out,
+        model,
+        &format!("{s}/ffn/linear_0"),
+        &format!("{t}.mlp.0"),
+    )?;
+    linear(
+        out,
+        model,
+        &format!("{s}/ffn/linear_1"),
+        &format!("{t}.mlp.2"),
+    )?;
+    layer_norm(
+        out,
+        model,
+        &format!("{s}/ffn/layer_norm"),
+        &format!("{t}.mlp_ln"),
+    )
+}
+
 fn map_tensors(model: &Ct2Model, h: &HParams) -> Result<Vec<Out>, ConvertError> {
-    let d = h.n_audio_state as usize;
     let mut out = Vec::new();
     for conv in ["conv1", "conv2"] {
         let w = var(model, &format!("encoder/{conv}/weight"))?;
@@ -260,47 +329,7 @@ fn map_tensors(model: &Ct2Model, h: &HParams) -> Result<Vec<Out>, ConvertError> 
     layer_norm(&mut out, model, "encoder/layer_norm", "encoder.ln_post")?;
     for i in 0..h.n_audio_layer {
         let (s, t) = (format!("encoder/layer_{i}"), format!("encoder.blocks.{i}"));
-        split_fused(
-            &mut out,
-            model,
-            &format!("{s}/self_attention/linear_0"),
-            &[
-                &format!("{t}.attn.query"),
-                &format!("{t}.attn.key"),
-                &format!("{t}.attn.value"),
-            ],
-            d,
-        )?;
-        linear(
-            &mut out,
-            model,
-            &format!("{s}/self_attention/linear_1"),
-            &format!("{t}.attn.out"),
-        )?;
-        layer_norm(
-            &mut out,
-            model,
-            &format!("{s}/self_attention/layer_norm"),
-            &format!("{t}.attn_ln"),
-        )?;
-        linear(
-            &mut out,
-            model,
-            &format!("{s}/ffn/linear_0"),
-            &format!("{t}.mlp.0"),
-        )?;
-        linear(
-            &mut out,
-            model,
-            &format!("{s}/ffn/linear_1"),
-            &format!("{t}.mlp.2"),
-        )?;
-        layer_norm(
-            &mut out,
-            model,
-            &format!("{s}/ffn/layer_norm"),
-            &format!("{t}.mlp_ln"),
-        )?;
+        block(&mut out, model, &s, &t, h.n_audio_state as usize)?;
     }
     let d = h.n_text_state as usize;
     let emb = var(model, "decoder/embeddings/weight")?;
@@ -312,74 +341,32 @@ fn map_tensors(model: &Ct2Model, h: &HParams) -> Result<Vec<Out>, ConvertError> 
     layer_norm(&mut out, model, "decoder/layer_norm", "decoder.ln")?;
     for i in 0..h.n_text_layer {
         let (s, t) = (format!("decoder/layer_{i}"), format!("decoder.blocks.{i}"));
-        split_fused(
-            &mut out,
-            model,
-            &format!("{s}/self_attention/linear_0"),
-            &[
-                &format!("{t}.attn.query"),
-                &format!("{t}.attn.key"),
-                &format!("{t}.attn.value"),
-            ],
-            d,
-        )?;
-        linear(
-            &mut out,
-            model,
-            &format!("{s}/self_attention/linear_1"),
-            &format!("{t}.attn.out"),
-        )?;
-        layer_norm(
-            &mut out,
-            model,
-            &format!("{s}/self_attention/layer_norm"),
-            &format!("{t}.attn_ln"),
-        )?;
+        block(&mut out, model, &s, &t, d)?;
+        let cross = format!("{t}.cross_attn");
         linear(
             &mut out,
             model,
             &format!("{s}/attention/linear_0"),
-            &format!("{t}.cross_attn.query"),
+            &format!("{cross}.query"),
         )?;
         split_fused(
             &mut out,
             model,
             &format!("{s}/attention/linear_1"),
-            &[
-                &format!("{t}.cross_attn.key"),
-                &format!("{t}.cross_attn.value"),
-            ],
+            &[&format!("{cross}.key"), &format!("{cross}.value")],
             d,
         )?;
         linear(
             &mut out,
             model,
             &format!("{s}/attention/linear_2"),
-            &format!("{t}.cross_attn.out"),
+            &format!("{cross}.out"),
         )?;
         layer_norm(
             &mut out,
             model,
             &format!("{s}/attention/layer_norm"),
-            &format!("{t}.cross_attn_ln"),
-        )?;
-        linear(
-            &mut out,
-            model,
-            &format!("{s}/ffn/linear_0"),
-            &format!("{t}.mlp.0"),
-        )?;
-        linear(
-            &mut out,
-            model,
-            &format!("{s}/ffn/linear_1"),
-            &format!("{t}.mlp.2"),
-        )?;
-        layer_norm(
-            &mut out,
-            model,
-            &format!("{s}/ffn/layer_norm"),
-            &format!("{t}.mlp_ln"),
+            &format!("{cross}_ln"),
         )?;
     }
     Ok(out)
@@ -396,19 +383,7 @@ fn write_ggml(
     tensors: &[Out],
 ) -> io::Result<()> {
     w.write_all(&GGML_MAGIC.to_le_bytes())?;
-    for v in [
-        h.n_vocab,
-        h.n_audio_ctx,
-        h.n_audio_state,
-        h.n_audio_head,
-        h.n_audio_layer,
-        h.n_text_ctx,
-        h.n_text_state,
-        h.n_text_head,
-        h.n_text_layer,
-        h.n_mels,
-        h.ftype,
-    ] {
+    for v in h.fields() {
         i32le(w, v)?;
     }
     let filters = mel::mel_filters(h.n_mels as usize);
