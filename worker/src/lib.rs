@@ -3,9 +3,11 @@
 //!
 //! Layout:
 //! - [`audio`]: decoding any common format to 16 kHz mono.
+//! - [`asr`]: VAD, Whisper and the hallucination guards.
 //! - [`model`]: converting the packaged CTranslate2 Whisper models to
 //!   whisper.cpp's ggml format (`s2t-worker convert-model`).
 
+pub mod asr;
 pub mod audio;
 pub mod model;
 

@@ -3,24 +3,12 @@
 
 use s2t_worker::audio::{decode, AudioError, TARGET_RATE};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod common;
+use common::run;
 
 fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("s2t-audio-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::temp_dir("audio")
 }
 
 /// 2 s of a 440 Hz tone at 44.1 kHz stereo, 16-bit: the reference.
@@ -201,21 +189,7 @@ fn corrupt_and_overlong_audio_fail_with_a_reason() {
 
     // Over the limit: refused, and quickly.
     let long = dir.join("long.wav");
-    run(
-        "sox",
-        &[
-            "-n",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            long.to_str().unwrap(),
-            "synth",
-            "30",
-            "sine",
-            "300",
-        ],
-    );
+    common::generated(&long, &["synth", "30", "sine", "300"]);
     let started = std::time::Instant::now();
     let err = decode(std::fs::read(&long).unwrap(), Some("wav"), 10).unwrap_err();
     assert_eq!(err, AudioError::TooLong { max_seconds: 10 });
@@ -224,20 +198,7 @@ fn corrupt_and_overlong_audio_fail_with_a_reason() {
 
     // A WAV header with no samples.
     let empty = dir.join("empty.wav");
-    run(
-        "sox",
-        &[
-            "-n",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            empty.to_str().unwrap(),
-            "trim",
-            "0",
-            "0",
-        ],
-    );
+    common::generated(&empty, &["trim", "0", "0"]);
     let err = decode(std::fs::read(&empty).unwrap(), Some("wav"), 10).unwrap_err();
     assert!(
         matches!(err, AudioError::NoSamples | AudioError::NotAudio(_)),

@@ -5,47 +5,15 @@
 //! PyPI model packages.
 
 use s2t_worker::model::{convert::expected_tensor_count, convert_ct2_to_ggml, HParams};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
-fn packages() -> PathBuf {
-    PathBuf::from(std::env::var("S2T_MODEL_PKGS").expect(
-        "S2T_MODEL_PKGS is not set: run through `make test`, which installs the model packages",
-    ))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("s2t-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod common;
+use common::{model_packages as packages, samples, speech_wav, temp_dir};
 
 /// espeak-ng speech, resampled to 16 kHz mono f32.
 fn speak(text: &str, voice: &str, dir: &Path) -> Vec<f32> {
-    let raw = dir.join("speech.wav");
-    let wav = dir.join("speech16k.wav");
-    let ok = Command::new("espeak-ng")
-        .args(["-v", voice, "-s", "150", "-w"])
-        .arg(&raw)
-        .arg(text)
-        .status()
-        .expect("espeak-ng is installed")
-        .success();
-    assert!(ok, "espeak-ng failed");
-    let ok = Command::new("sox")
-        .arg(&raw)
-        .args(["-r", "16000", "-c", "1", "-b", "16"])
-        .arg(&wav)
-        .status()
-        .expect("sox is installed")
-        .success();
-    assert!(ok, "sox failed");
-    let mut reader = hound::WavReader::open(&wav).expect("read wav");
-    reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.expect("sample")) / 32768.0)
-        .collect()
+    samples(&speech_wav(text, voice, 0.0, dir, "speech"))
 }
 
 fn transcribe(model: &Path, samples: &[f32], language: &str) -> String {

@@ -1,0 +1,252 @@
+//! Whisper through whisper-rs: model choice by language, decoding of the
+//! speech regions, timestamps mapped back to the original timeline, word
+//! timings, and the hallucination guards.
+
+use super::guard;
+use super::vad::{self, VadPolicy};
+use serde::Serialize;
+use std::path::PathBuf;
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot load model {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("no model is configured for language {0:?}")]
+    NoModel(String),
+    #[error("whisper failed: {0}")]
+    Whisper(String),
+}
+
+/// Which ggml files to use. `english` (an `.en` model) serves `language =
+/// 'en'` when given; `multilingual` serves every other language and
+/// detection.
+#[derive(Debug, Clone, Default)]
+pub struct ModelPaths {
+    pub english: Option<PathBuf>,
+    pub multilingual: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TranscribeOptions {
+    /// An ISO 639-1 code, or "auto" to detect.
+    pub language: String,
+    pub threads: i32,
+    /// 1 means greedy decoding.
+    pub beam_size: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Word {
+    pub word: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub probability: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    pub idx: i32,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub text: String,
+    pub words: Vec<Word>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transcript {
+    /// The language used or detected; None when nothing was decoded in
+    /// "auto" mode.
+    pub language: Option<String>,
+    pub segments: Vec<Segment>,
+    /// Seconds of audio left after VAD.
+    pub speech_seconds: f64,
+}
+
+struct Loaded {
+    ctx: WhisperContext,
+    multilingual: bool,
+}
+
+/// Loaded models. Contexts are shared; each transcription makes its own
+/// state, so one engine serves concurrent jobs.
+pub struct Engine {
+    english: Option<Loaded>,
+    multilingual: Option<Loaded>,
+}
+
+fn load(path: &PathBuf) -> Result<Loaded, EngineError> {
+    let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default()).map_err(
+        |e| EngineError::Load {
+            path: path.clone(),
+            message: e.to_string(),
+        },
+    )?;
+    let multilingual = ctx.is_multilingual();
+    Ok(Loaded { ctx, multilingual })
+}
+
+impl Engine {
+    pub fn load(paths: &ModelPaths) -> Result<Engine, EngineError> {
+        // whisper.cpp prints every load and decode step to stderr; route it
+        // into whisper-rs's hooks, which drop it.
+        whisper_rs::install_logging_hooks();
+        let english = paths.english.as_ref().map(load).transpose()?;
+        let multilingual = paths.multilingual.as_ref().map(load).transpose()?;
+        if let Some(m) = &multilingual {
+            if !m.multilingual {
+                return Err(EngineError::Load {
+                    path: paths.multilingual.clone().unwrap_or_default(),
+                    message: "this is an English-only model; give it as the English model".into(),
+                });
+            }
+        }
+        if english.is_none() && multilingual.is_none() {
+            return Err(EngineError::NoModel("any".into()));
+        }
+        Ok(Engine {
+            english,
+            multilingual,
+        })
+    }
+
+    fn model_for(&self, language: &str) -> Result<&Loaded, EngineError> {
+        let english_first = language == "en";
+        let pick = if english_first {
+            self.english.as_ref().or(self.multilingual.as_ref())
+        } else {
+            self.multilingual.as_ref()
+        };
+        pick.ok_or_else(|| EngineError::NoModel(language.to_string()))
+    }
+
+    /// Transcribe 16 kHz mono samples. `progress` receives 0.0–1.0.
+    pub fn transcribe(
+        &self,
+        samples: &[f32],
+        opts: &TranscribeOptions,
+        progress: impl FnMut(f32) + 'static,
+    ) -> Result<Transcript, EngineError> {
+        let model = self.model_for(&opts.language)?;
+        let duration_ms = (samples.len() * 1000 / vad::RATE) as i64;
+        let (speech, map) = vad::speech_only(samples, VadPolicy::default());
+        let speech_seconds = speech.len() as f64 / vad::RATE as f64;
+        let fixed_language = (opts.language != "auto").then(|| opts.language.clone());
+        if speech.is_empty() {
+            return Ok(Transcript {
+                language: fixed_language,
+                segments: Vec::new(),
+                speech_seconds,
+            });
+        }
+        let mut state = model
+            .ctx
+            .create_state()
+            .map_err(|e| EngineError::Whisper(e.to_string()))?;
+        let strategy = if opts.beam_size > 1 {
+            SamplingStrategy::BeamSearch {
+                beam_size: opts.beam_size,
+                patience: -1.0,
+            }
+        } else {
+            SamplingStrategy::Greedy { best_of: 1 }
+        };
+        let mut params = FullParams::new(strategy);
+        params.set_n_threads(opts.threads.max(1));
+        let language = if model.multilingual {
+            opts.language.as_str()
+        } else {
+            "en"
+        };
+        params.set_language(Some(language));
+        params.set_token_timestamps(true);
+        // Each 30 s window decodes on its own: conditioning on the previous
+        // text is what lets one hallucination repeat for minutes.
+        params.set_no_context(true);
+        params.set_suppress_blank(true);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_special(false);
+        params.set_print_timestamps(false);
+        let mut progress = progress;
+        params.set_progress_callback_safe(move |percent: i32| progress(percent as f32 / 100.0));
+        state
+            .full(params, &speech)
+            .map_err(|e| EngineError::Whisper(e.to_string()))?;
+
+        let detected =
+            whisper_rs::get_lang_str(state.full_lang_id_from_state()).map(str::to_string);
+        let eot = model.ctx.token_eot();
+        let mut segments: Vec<Segment> = Vec::new();
+        for seg in state.as_iter() {
+            let text = seg
+                .to_str_lossy()
+                .map_err(|e| EngineError::Whisper(e.to_string()))?;
+            let mut words: Vec<Word> = Vec::new();
+            let mut probs = Vec::new();
+            for t in 0..seg.n_tokens() {
+                let Some(token) = seg.get_token(t) else {
+                    continue;
+                };
+                if token.token_id() >= eot {
+                    continue;
+                }
+                let data = token.token_data();
+                probs.push(data.p);
+                let piece = token
+                    .to_str_lossy()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
+                let start = map.to_original_ms(data.t0 * 10).min(duration_ms);
+                let end = map.to_original_ms(data.t1 * 10).min(duration_ms).max(start);
+                match words.last_mut() {
+                    Some(last) if !piece.starts_with(' ') => {
+                        last.word.push_str(&piece);
+                        last.end_ms = end.max(last.end_ms);
+                        last.probability = last.probability.min(data.p);
+                    }
+                    _ => words.push(Word {
+                        word: piece,
+                        start_ms: start,
+                        end_ms: end,
+                        probability: data.p,
+                    }),
+                }
+            }
+            for w in &mut words {
+                w.word = w.word.trim().to_string();
+            }
+            words.retain(|w| !w.word.is_empty());
+            let mean_prob = if probs.is_empty() {
+                0.0
+            } else {
+                probs.iter().sum::<f32>() / probs.len() as f32
+            };
+            if !guard::keep_segment(&text, seg.no_speech_probability(), mean_prob) {
+                continue;
+            }
+            let mut start_ms = map
+                .to_original_ms(seg.start_timestamp() * 10)
+                .min(duration_ms);
+            let end_ms = map
+                .to_original_ms(seg.end_timestamp() * 10)
+                .min(duration_ms);
+            // Monotonic, whatever the decoder did at window edges.
+            if let Some(prev) = segments.last() {
+                start_ms = start_ms.max(prev.start_ms);
+            }
+            segments.push(Segment {
+                idx: segments.len() as i32,
+                start_ms,
+                end_ms: end_ms.max(start_ms),
+                text: text.trim().to_string(),
+                words,
+            });
+        }
+        Ok(Transcript {
+            language: fixed_language.or(detected),
+            segments,
+            speech_seconds,
+        })
+    }
+}

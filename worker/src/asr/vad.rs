@@ -1,0 +1,246 @@
+//! Speech regions and the time map back to the original recording.
+//!
+//! Silence is cut before decoding: Whisper is slower on it and invents text
+//! in it. webrtc-vad labels 30 ms frames; voiced frames are padded and
+//! nearby regions merged, so words are not clipped and short pauses stay.
+//! The regions are concatenated for Whisper, and [`TimeMap`] turns times on
+//! that shortened timeline back into times on the original.
+
+use webrtc_vad::{SampleRate, Vad, VadMode};
+
+pub const RATE: usize = 16_000;
+/// webrtc-vad accepts 10, 20 or 30 ms frames.
+pub const FRAME: usize = RATE * 30 / 1000;
+
+/// How regions are grown and merged, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct VadPolicy {
+    /// Kept before and after each voiced run.
+    pub pad_ms: usize,
+    /// Pauses shorter than this do not split a region.
+    pub merge_gap_ms: usize,
+    /// Voiced runs shorter than this are treated as noise.
+    pub min_speech_ms: usize,
+}
+
+impl Default for VadPolicy {
+    fn default() -> Self {
+        VadPolicy {
+            pad_ms: 240,
+            merge_gap_ms: 600,
+            min_speech_ms: 120,
+        }
+    }
+}
+
+/// A half-open range of samples `[start, end)` on the original timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Per-frame voice decisions for 16 kHz audio (the last partial frame is
+/// dropped).
+pub fn voiced_frames(samples: &[f32]) -> Vec<bool> {
+    let mut vad = Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, VadMode::Aggressive);
+    let mut pcm = [0i16; FRAME];
+    samples
+        .chunks_exact(FRAME)
+        .map(|frame| {
+            for (dst, src) in pcm.iter_mut().zip(frame) {
+                *dst = (src.clamp(-1.0, 1.0) * 32767.0) as i16;
+            }
+            vad.is_voice_segment(&pcm).unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Regions of speech from frame decisions; pure, so the policy is testable.
+pub fn regions_from_frames(
+    voiced: &[bool],
+    total_samples: usize,
+    policy: VadPolicy,
+) -> Vec<Region> {
+    let ms = |m: usize| m * RATE / 1000;
+    let mut runs: Vec<Region> = Vec::new();
+    let mut i = 0;
+    while i < voiced.len() {
+        if !voiced[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < voiced.len() && voiced[i] {
+            i += 1;
+        }
+        if (i - start) * FRAME >= ms(policy.min_speech_ms) {
+            runs.push(Region {
+                start: start * FRAME,
+                end: i * FRAME,
+            });
+        }
+    }
+    let mut merged: Vec<Region> = Vec::new();
+    for run in runs {
+        let padded = Region {
+            start: run.start.saturating_sub(ms(policy.pad_ms)),
+            end: (run.end + ms(policy.pad_ms)).min(total_samples),
+        };
+        match merged.last_mut() {
+            Some(last) if padded.start <= last.end + ms(policy.merge_gap_ms) => {
+                last.end = padded.end
+            }
+            _ => merged.push(padded),
+        }
+    }
+    merged
+}
+
+/// Maps times on the concatenated speech back to the original recording.
+#[derive(Debug, Clone)]
+pub struct TimeMap {
+    /// (start on the concatenation, start on the original, length), samples.
+    pieces: Vec<(usize, usize, usize)>,
+}
+
+impl TimeMap {
+    pub fn new(regions: &[Region]) -> TimeMap {
+        let mut at = 0;
+        let pieces = regions
+            .iter()
+            .map(|r| {
+                let piece = (at, r.start, r.end - r.start);
+                at += r.end - r.start;
+                piece
+            })
+            .collect();
+        TimeMap { pieces }
+    }
+
+    /// The original time of a concatenation time, both in milliseconds. A
+    /// time inside a piece maps linearly; past the end it clamps.
+    pub fn to_original_ms(&self, concat_ms: i64) -> i64 {
+        let pos = (concat_ms.max(0) as usize) * RATE / 1000;
+        let mut mapped = 0;
+        for &(at, orig, len) in &self.pieces {
+            if pos < at + len {
+                mapped = orig + pos.saturating_sub(at);
+                return (mapped * 1000 / RATE) as i64;
+            }
+            mapped = orig + len;
+        }
+        (mapped * 1000 / RATE) as i64
+    }
+}
+
+/// The speech of `samples`, concatenated, with its time map. Empty when
+/// there is no speech at all.
+pub fn speech_only(samples: &[f32], policy: VadPolicy) -> (Vec<f32>, TimeMap) {
+    let regions = regions_from_frames(&voiced_frames(samples), samples.len(), policy);
+    let mut speech = Vec::with_capacity(regions.iter().map(|r| r.end - r.start).sum());
+    for r in &regions {
+        speech.extend_from_slice(&samples[r.start..r.end]);
+    }
+    (speech, TimeMap::new(&regions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(pattern: &str) -> Vec<bool> {
+        pattern.chars().map(|c| c == '#').collect()
+    }
+
+    const NO_PAD: VadPolicy = VadPolicy {
+        pad_ms: 0,
+        merge_gap_ms: 0,
+        min_speech_ms: 60,
+    };
+
+    #[test]
+    fn runs_become_regions_and_short_blips_are_noise() {
+        let v = frames("..###...#....##.");
+        let r = regions_from_frames(&v, v.len() * FRAME, NO_PAD);
+        assert_eq!(
+            r,
+            vec![
+                Region {
+                    start: 2 * FRAME,
+                    end: 5 * FRAME
+                },
+                Region {
+                    start: 13 * FRAME,
+                    end: 15 * FRAME
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn padding_and_merging() {
+        let v = frames("....##......##....");
+        let policy = VadPolicy {
+            pad_ms: 30,
+            merge_gap_ms: 120,
+            min_speech_ms: 60,
+        };
+        // 6 silent frames between runs; 1 frame of padding each side leaves
+        // a 4-frame (120 ms) gap, which merges.
+        let r = regions_from_frames(&v, v.len() * FRAME, policy);
+        assert_eq!(
+            r,
+            vec![Region {
+                start: 3 * FRAME,
+                end: 15 * FRAME
+            }]
+        );
+        let policy = VadPolicy {
+            merge_gap_ms: 60,
+            ..policy
+        };
+        assert_eq!(regions_from_frames(&v, v.len() * FRAME, policy).len(), 2);
+    }
+
+    #[test]
+    fn padding_stays_inside_the_recording() {
+        let v = frames("#####");
+        let r = regions_from_frames(&v, 5 * FRAME, VadPolicy::default());
+        assert_eq!(
+            r,
+            vec![Region {
+                start: 0,
+                end: 5 * FRAME
+            }]
+        );
+    }
+
+    #[test]
+    fn time_map_restores_original_times() {
+        // Speech at 1.0–2.0 s and 5.0–5.5 s.
+        let map = TimeMap::new(&[
+            Region {
+                start: RATE,
+                end: 2 * RATE,
+            },
+            Region {
+                start: 5 * RATE,
+                end: 5 * RATE + RATE / 2,
+            },
+        ]);
+        assert_eq!(map.to_original_ms(0), 1000);
+        assert_eq!(map.to_original_ms(500), 1500);
+        assert_eq!(map.to_original_ms(1000), 5000);
+        assert_eq!(map.to_original_ms(1250), 5250);
+        assert_eq!(map.to_original_ms(9999), 5500, "clamped to the end");
+        assert_eq!(map.to_original_ms(-5), 1000);
+    }
+
+    #[test]
+    fn silence_has_no_speech() {
+        let silence = vec![0.0f32; RATE * 3];
+        let (speech, _) = speech_only(&silence, VadPolicy::default());
+        assert!(speech.is_empty());
+    }
+}

@@ -1,0 +1,121 @@
+//! Helpers shared by the worker's integration tests: real speech from
+//! espeak-ng, files from sox, and the models `make models` built.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("s2t-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+pub fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A 16 kHz mono 16-bit WAV made by sox from nothing, e.g.
+/// `generated(&path, &["synth", "8", "pinknoise", "vol", "0.01"])` or
+/// `generated(&path, &["trim", "0", "8"])` for silence.
+pub fn generated(path: &Path, effects: &[&str]) {
+    let mut args = vec![
+        "-n",
+        "-r",
+        "16000",
+        "-c",
+        "1",
+        "-b",
+        "16",
+        path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(effects);
+    run("sox", &args);
+}
+
+/// espeak-ng speech as a 16 kHz mono 16-bit WAV, with `pad_s` seconds of
+/// silence before and after.
+pub fn speech_wav(text: &str, voice: &str, pad_s: f32, dir: &Path, name: &str) -> PathBuf {
+    let raw = dir.join(format!("{name}.raw.wav"));
+    let wav = dir.join(format!("{name}.wav"));
+    run(
+        "espeak-ng",
+        &["-v", voice, "-s", "150", "-w", raw.to_str().unwrap(), text],
+    );
+    let pad = pad_s.to_string();
+    run(
+        "sox",
+        &[
+            raw.to_str().unwrap(),
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            wav.to_str().unwrap(),
+            "pad",
+            &pad,
+            &pad,
+        ],
+    );
+    wav
+}
+
+/// 16 kHz mono f32 samples of a 16-bit WAV.
+pub fn samples(wav: &Path) -> Vec<f32> {
+    let mut reader = hound::WavReader::open(wav).expect("read wav");
+    reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("sample")) / 32768.0)
+        .collect()
+}
+
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("S2T_MODELS_DIR")
+            .expect("S2T_MODELS_DIR is not set: run through `make test`, which builds the models"),
+    )
+}
+
+pub fn model_packages() -> PathBuf {
+    PathBuf::from(std::env::var("S2T_MODEL_PKGS").expect(
+        "S2T_MODEL_PKGS is not set: run through `make test`, which installs the model packages",
+    ))
+}
+
+/// Lower-cased words without punctuation.
+pub fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Word error rate of `hypothesis` against `reference` (Levenshtein over
+/// words).
+pub fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = words(reference);
+    let h = words(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}
