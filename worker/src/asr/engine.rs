@@ -6,6 +6,8 @@ use super::guard;
 use super::vad::{self, VadPolicy};
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +18,8 @@ pub enum EngineError {
     NoModel(String),
     #[error("whisper failed: {0}")]
     Whisper(String),
+    #[error("transcription was cancelled")]
+    Cancelled,
 }
 
 /// Which ggml files to use. `english` (an `.en` model) serves `language =
@@ -34,6 +38,8 @@ pub struct TranscribeOptions {
     pub threads: i32,
     /// 1 means greedy decoding.
     pub beam_size: i32,
+    /// Set to stop decoding early (lease lost, shutdown).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -61,6 +67,13 @@ pub struct Transcript {
     pub segments: Vec<Segment>,
     /// Seconds of audio left after VAD.
     pub speech_seconds: f64,
+}
+
+/// whisper.cpp's abort callback: the user data is an `AtomicBool`.
+unsafe extern "C" fn abort_if_set(user_data: *mut std::ffi::c_void) -> bool {
+    // SAFETY: set_abort_callback_user_data above passes a live AtomicBool.
+    let flag = unsafe { &*(user_data as *const AtomicBool) };
+    flag.load(Ordering::Relaxed)
 }
 
 struct Loaded {
@@ -170,9 +183,26 @@ impl Engine {
         params.set_print_timestamps(false);
         let mut progress = progress;
         params.set_progress_callback_safe(move |percent: i32| progress(percent as f32 / 100.0));
-        state
-            .full(params, &speech)
-            .map_err(|e| EngineError::Whisper(e.to_string()))?;
+        if let Some(cancel) = &opts.cancel {
+            // whisper-rs 0.16's set_abort_callback_safe calls the closure
+            // through the wrong type (it aborted encoding at random here), so
+            // hand whisper.cpp the flag itself.
+            // SAFETY: `cancel` is borrowed from `opts` and outlives
+            // `state.full` below, the only place the pointer is read.
+            unsafe {
+                params.set_abort_callback(Some(abort_if_set));
+                params.set_abort_callback_user_data(Arc::as_ptr(cancel) as *mut std::ffi::c_void);
+            }
+        }
+        let result = state.full(params, &speech);
+        if opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(EngineError::Cancelled);
+        }
+        result.map_err(|e| EngineError::Whisper(e.to_string()))?;
 
         let detected =
             whisper_rs::get_lang_str(state.full_lang_id_from_state()).map(str::to_string);

@@ -4,6 +4,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+static DECODING: Mutex<()> = Mutex::new(());
+static DECODING_ASYNC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whisper's threads busy-wait: two decodes at once on 2 cores run ten
+/// times slower, so tests that decode take turns.
+pub fn one_decoder_at_a_time() -> MutexGuard<'static, ()> {
+    DECODING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The same, for async tests.
+pub async fn one_decoder_at_a_time_async() -> tokio::sync::MutexGuard<'static, ()> {
+    DECODING_ASYNC.lock().await
+}
 
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("s2t-{name}-{}", std::process::id()));

@@ -1,0 +1,190 @@
+//! The worker's side of the queue, as thin calls to the extension's
+//! functions (`s2t.claim_job`, `heartbeat_job`, `complete_job`, `fail_job`,
+//! `release_job`) plus fetching a recording's audio.
+
+use tokio_postgres::{Client, Error as PgError};
+use uuid::Uuid;
+
+/// A claimed job.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub job_id: i64,
+    pub recording_id: Uuid,
+    pub attempt: i32,
+    pub lease_token: Uuid,
+    pub language: String,
+    pub audio_uri: Option<String>,
+}
+
+/// The SQLSTATE the extension raises when a lease is gone.
+pub const LEASE_LOST: &str = "S2S01";
+
+pub fn is_lease_lost(e: &PgError) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.code().code() == LEASE_LOST)
+}
+
+fn interval(seconds: u64) -> String {
+    format!("{seconds} seconds")
+}
+
+pub async fn claim(
+    client: &Client,
+    worker: &str,
+    lease_secs: u64,
+) -> Result<Option<Claim>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT job_id, recording_id, attempt, lease_token, coalesce(language, 'vi'), audio_uri
+               FROM s2t.claim_job($1, $2::text::interval)",
+            &[&worker, &interval(lease_secs)],
+        )
+        .await?;
+    Ok(row.map(|r| Claim {
+        job_id: r.get(0),
+        recording_id: r.get(1),
+        attempt: r.get(2),
+        lease_token: r.get(3),
+        language: r.get(4),
+        audio_uri: r.get(5),
+    }))
+}
+
+pub async fn heartbeat(
+    client: &Client,
+    c: &Claim,
+    lease_secs: u64,
+    progress: f32,
+) -> Result<(), PgError> {
+    client
+        .query_one(
+            "SELECT s2t.heartbeat_job($1, $2, $3::text::interval, $4)",
+            &[
+                &c.job_id,
+                &c.lease_token,
+                &interval(lease_secs),
+                &progress.clamp(0.0, 1.0),
+            ],
+        )
+        .await
+        .map(|_| ())
+}
+
+pub async fn complete(
+    client: &Client,
+    c: &Claim,
+    duration_ms: i32,
+    segments: &serde_json::Value,
+    language: Option<&str>,
+) -> Result<bool, PgError> {
+    client
+        .query_one(
+            "SELECT s2t.complete_job($1, $2, $3, $4)",
+            &[&c.job_id, &duration_ms, segments, &language],
+        )
+        .await
+        .map(|r| r.get(0))
+}
+
+/// Returns the job's new state ('queued' or 'failed').
+pub async fn fail(
+    client: &Client,
+    c: &Claim,
+    reason: &str,
+    retryable: bool,
+) -> Result<String, PgError> {
+    client
+        .query_one(
+            "SELECT s2t.fail_job($1, $2, $3, $4)",
+            &[&c.job_id, &c.lease_token, &reason, &retryable],
+        )
+        .await
+        .map(|r| r.get(0))
+}
+
+pub async fn release(client: &Client, c: &Claim) -> Result<bool, PgError> {
+    client
+        .query_one(
+            "SELECT s2t.release_job($1, $2)",
+            &[&c.job_id, &c.lease_token],
+        )
+        .await
+        .map(|r| r.get(0))
+}
+
+/// Where a recording's audio comes from.
+#[derive(Debug)]
+pub enum AudioSource {
+    Bytes(Vec<u8>, Option<String>),
+    Missing(String),
+}
+
+/// The audio of a claimed recording: from `s2t.recording_audio` for
+/// `db:`, or a local path for `file://` (a deployment with shared storage).
+pub async fn load_audio(client: &Client, c: &Claim) -> Result<AudioSource, PgError> {
+    match c.audio_uri.as_deref() {
+        Some("db:") | None => {
+            let row = client
+                .query_opt(
+                    "SELECT data, content_type FROM s2t.recording_audio WHERE recording_id = $1",
+                    &[&c.recording_id],
+                )
+                .await?;
+            Ok(match row {
+                Some(r) => {
+                    let content_type: String = r.get(1);
+                    AudioSource::Bytes(r.get(0), extension_for(&content_type).map(str::to_string))
+                }
+                None => AudioSource::Missing("no audio was uploaded for this recording".into()),
+            })
+        }
+        Some(uri) if uri.starts_with("file://") => {
+            let path = &uri["file://".len()..];
+            Ok(match tokio::fs::read(path).await {
+                Ok(bytes) => AudioSource::Bytes(
+                    bytes,
+                    std::path::Path::new(path)
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .map(str::to_string),
+                ),
+                Err(e) => AudioSource::Missing(format!("cannot read {path}: {e}")),
+            })
+        }
+        Some(other) => Ok(AudioSource::Missing(format!(
+            "unsupported audio location {other:?} (expected db: or file://)"
+        ))),
+    }
+}
+
+/// A file-extension hint for the decoder from a MIME type.
+pub fn extension_for(content_type: &str) -> Option<&'static str> {
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    Some(match base.as_str() {
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => "wav",
+        "audio/mpeg" | "audio/mp3" => "mp3",
+        "audio/flac" | "audio/x-flac" => "flac",
+        "audio/ogg" | "application/ogg" => "ogg",
+        "audio/opus" => "opus",
+        "audio/webm" | "video/webm" => "webm",
+        "audio/mp4" | "audio/x-m4a" | "audio/aac" | "video/mp4" => "m4a",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extension_for;
+
+    #[test]
+    fn mime_hints() {
+        assert_eq!(extension_for("audio/webm;codecs=opus"), Some("webm"));
+        assert_eq!(extension_for("Audio/MPEG"), Some("mp3"));
+        assert_eq!(extension_for("application/octet-stream"), None);
+    }
+}

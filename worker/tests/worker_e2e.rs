@@ -1,0 +1,344 @@
+//! The worker binary against the real database and real models: queued
+//! recordings become segments; bad audio fails at once with a reason; a
+//! worker killed mid-job loses nothing; SIGTERM finishes the job.
+
+mod common;
+
+use common::{models_dir, speech_wav, temp_dir, wer};
+use s2t_tests::{register, set_limits, TestDb, WORKER_LOGIN};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const ENGLISH: &str =
+    "The quick brown fox jumps over the lazy dog. Postgres stores every segment of the transcript.";
+
+fn worker(db: &TestDb, extra: &[&str]) -> Command {
+    let models = models_dir();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s2t-worker"));
+    cmd.arg("run")
+        .args([
+            "--poll-secs",
+            "1",
+            "--maintenance-secs",
+            "0",
+            "--threads",
+            "2",
+        ])
+        .args(extra)
+        .env("WORKER_DATABASE_URL", db.url(WORKER_LOGIN))
+        .env("S2T_MODEL", models.join("ggml-base.bin"))
+        .env("S2T_MODEL_EN", models.join("ggml-tiny.en.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run_once(db: &TestDb) {
+    let out = worker(db, &["--once", "--lease-secs", "30"])
+        .output()
+        .expect("run worker");
+    // Shown when a test fails: the worker's JSON log of each job.
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "worker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Queue an upload with its audio, as the gateway will.
+async fn queue(
+    db: &TestDb,
+    user: Uuid,
+    language: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> Uuid {
+    db.admin.batch_execute("BEGIN").await.unwrap();
+    let rec: Uuid = db
+        .admin
+        .query_one(
+            "SELECT s2t.check_quota_and_create_recording($1, 'upload', $2, '{}', 'db:')",
+            &[&user, &language],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.admin
+        .execute(
+            "INSERT INTO s2t.recording_audio (recording_id, content_type, data) VALUES ($1, $2, $3)",
+            &[&rec, &content_type, &bytes],
+        )
+        .await
+        .unwrap();
+    db.admin.batch_execute("COMMIT").await.unwrap();
+    rec
+}
+
+struct Result {
+    status: String,
+    reason: Option<String>,
+    language: Option<String>,
+    duration_ms: i32,
+    billed: i32,
+    attempts: i32,
+    progress: Option<String>,
+}
+
+async fn result(db: &TestDb, rec: Uuid) -> Result {
+    let r = db
+        .admin
+        .query_one(
+            "SELECT r.status, r.failure_reason, r.language, r.duration_ms, r.billed_seconds, j.attempts,
+                    r.meta->>'progress'
+               FROM s2t.recordings r JOIN s2t.jobs j ON j.recording_id = r.id WHERE r.id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap();
+    Result {
+        status: r.get(0),
+        reason: r.get(1),
+        language: r.get(2),
+        duration_ms: r.get(3),
+        billed: r.get(4),
+        attempts: r.get(5),
+        progress: r.get(6),
+    }
+}
+
+async fn segments(db: &TestDb, rec: Uuid) -> Vec<(i32, i32, i32, String)> {
+    db.admin
+        .query(
+            "SELECT idx, start_ms, end_ms, text FROM s2t.segments WHERE recording_id = $1 ORDER BY idx",
+            &[&rec],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+fn wav_duration_ms(path: &std::path::Path) -> i32 {
+    let reader = hound::WavReader::open(path).unwrap();
+    (reader.duration() as u64 * 1000).div_ceil(u64::from(reader.spec().sample_rate)) as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_recordings_become_segments_and_bad_audio_fails_at_once() {
+    let _turn = common::one_decoder_at_a_time_async().await;
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "wendy").await;
+    let dir = temp_dir("worker-e2e");
+    let en_wav = speech_wav(ENGLISH, "en-us", 1.0, &dir, "en");
+    let vi_text = "Xin chào các bạn. Hôm nay chúng ta sẽ họp về kế hoạch của dự án.";
+    let vi_wav = speech_wav(vi_text, "vi", 0.5, &dir, "vi");
+    let en = queue(
+        &db,
+        user,
+        "en",
+        "audio/wav",
+        std::fs::read(&en_wav).unwrap(),
+    )
+    .await;
+    let vi = queue(
+        &db,
+        user,
+        "auto",
+        "audio/wav",
+        std::fs::read(&vi_wav).unwrap(),
+    )
+    .await;
+    let corrupt = queue(
+        &db,
+        user,
+        "en",
+        "audio/wav",
+        b"RIFF\x10\x00\x00\x00WAVEnot really".repeat(50),
+    )
+    .await;
+    let started = Instant::now();
+    run_once(&db);
+    eprintln!(
+        "worker --once took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let r = result(&db, en).await;
+    assert_eq!(r.status, "done", "{:?}", r.reason);
+    let expected_ms = wav_duration_ms(&en_wav);
+    assert!(
+        (r.duration_ms - expected_ms).abs() <= 1,
+        "{} vs {expected_ms}",
+        r.duration_ms
+    );
+    assert_eq!(r.billed, (r.duration_ms + 999) / 1000, "seconds rounded up");
+    assert_eq!(r.progress.as_deref(), Some("1"));
+    let segs = segments(&db, en).await;
+    let text = segs
+        .iter()
+        .map(|s| s.3.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(wer(ENGLISH, &text) < 0.45, "{text:?}");
+    let mut last_start = 0;
+    for (i, (idx, start, end, _)) in segs.iter().enumerate() {
+        assert_eq!(*idx, i as i32);
+        assert!(*start >= last_start && start <= end && *end <= r.duration_ms);
+        last_start = *start;
+    }
+    assert!(
+        segs[0].1 >= 700,
+        "speech starts after 1 s of silence, got {} ms",
+        segs[0].1
+    );
+
+    let r = result(&db, vi).await;
+    assert_eq!(r.status, "done", "{:?}", r.reason);
+    assert_eq!(
+        r.language.as_deref(),
+        Some("vi"),
+        "detected language stored"
+    );
+    let text = segments(&db, vi)
+        .await
+        .iter()
+        .map(|s| s.3.clone())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(text.to_lowercase().contains("xin chào"), "{text:?}");
+
+    let r = result(&db, corrupt).await;
+    assert_eq!(r.status, "failed");
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("not audio"),
+        "{:?}",
+        r.reason
+    );
+    assert_eq!(r.attempts, 1, "bad input is not retried");
+    assert!(segments(&db, corrupt).await.is_empty());
+
+    let used: i32 = db
+        .admin
+        .query_one(
+            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let billed: i32 = db
+        .admin
+        .query_one(
+            "SELECT sum(billed_seconds)::int FROM s2t.recordings WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(used, billed);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+async fn wait_until_running(db: &TestDb, rec: Uuid, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state: String = db
+            .admin
+            .query_one(
+                "SELECT state FROM s2t.jobs WHERE recording_id = $1",
+                &[&rec],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if state == "running" {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "worker exited early");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never claimed the job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// About 40 s of speech: long enough that a kill lands mid-transcription.
+fn long_speech(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = [ENGLISH; 5].join(" ");
+    speech_wav(&text, "en-us", 0.5, dir, "long")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
+    let _turn = common::one_decoder_at_a_time_async().await;
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "kim").await;
+    set_limits(&db.admin, user, 10, 600).await;
+    let dir = temp_dir("worker-kill");
+    let wav = long_speech(&dir);
+    let rec = queue(&db, user, "en", "audio/wav", std::fs::read(&wav).unwrap()).await;
+
+    let mut first = worker(&db, &["--lease-secs", "3"]).spawn().unwrap();
+    wait_until_running(&db, rec, &mut first).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    assert_eq!(
+        result(&db, rec).await.status,
+        "processing",
+        "killed before finishing"
+    );
+    assert!(segments(&db, rec).await.is_empty());
+
+    // Once the lease runs out, another worker takes the job over.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    run_once(&db);
+    let r = result(&db, rec).await;
+    assert_eq!(r.status, "done", "{:?}", r.reason);
+    assert_eq!(r.attempts, 2);
+    let segs = segments(&db, rec).await;
+    assert!(!segs.is_empty());
+    let idx: std::collections::HashSet<i32> = segs.iter().map(|s| s.0).collect();
+    assert_eq!(idx.len(), segs.len(), "no duplicate segments");
+    let used: i32 = db
+        .admin
+        .query_one(
+            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(used, r.billed, "charged once");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_current_job_finish() {
+    let _turn = common::one_decoder_at_a_time_async().await;
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "tom").await;
+    let dir = temp_dir("worker-term");
+    let wav = long_speech(&dir);
+    let rec = queue(&db, user, "en", "audio/wav", std::fs::read(&wav).unwrap()).await;
+    let mut child = worker(&db, &["--lease-secs", "30"]).spawn().unwrap();
+    wait_until_running(&db, rec, &mut child).await;
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM");
+    assert_eq!(
+        result(&db, rec).await.status,
+        "done",
+        "the job finished before exit"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
