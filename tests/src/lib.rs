@@ -59,6 +59,15 @@ impl TestDb {
         TestDb { name, admin }
     }
 
+    /// A new handle on an existing database, e.g. after a server restart.
+    pub async fn reconnect(name: &str) -> TestDb {
+        let admin = connect(&Self::url_for(name, "s2t")).await;
+        TestDb {
+            name: name.to_string(),
+            admin,
+        }
+    }
+
     fn url_for(db: &str, user: &str) -> String {
         let base = admin_url();
         let (_, rest) = base.split_once('@').expect("admin url has user@host");

@@ -14,6 +14,9 @@ enum Command {
     /// Claim and transcribe queued recordings until stopped (SIGTERM or
     /// SIGINT finish or release the current job first).
     Run(RunArgs),
+    /// Transcribe audio files without a database and print one JSON line
+    /// per file, then a summary line (used by make bench-asr).
+    Transcribe(TranscribeArgs),
     /// Convert a CTranslate2 (faster-whisper) Whisper model directory to a
     /// whisper.cpp ggml file.
     ConvertModel {
@@ -27,6 +30,10 @@ enum Command {
         /// hyper-parameters.
         #[arg(long)]
         verify: bool,
+        /// Storage of the large matrices: f16 (as the source) or q8_0
+        /// (ggml's 8-bit blocks: about half the size, faster on CPU).
+        #[arg(long, default_value = "f16")]
+        weights: s2t_worker::model::WeightType,
     },
 }
 
@@ -50,6 +57,10 @@ struct RunArgs {
     /// Beam size (1 = greedy).
     #[arg(long, env = "S2T_BEAM_SIZE", default_value_t = 5)]
     beam_size: i32,
+    /// Encode only as much of Whisper's 30 s window as short speech needs
+    /// (much faster for short clips; false = always the full window).
+    #[arg(long, env = "S2T_FIT_AUDIO_CTX", default_value_t = true, action = clap::ArgAction::Set)]
+    fit_audio_ctx: bool,
     /// Lease on a claimed job; heartbeats renew it every third of it.
     #[arg(long, default_value_t = 60)]
     lease_secs: u64,
@@ -76,14 +87,120 @@ struct RunArgs {
     shutdown_grace_secs: u64,
 }
 
+#[derive(clap::Args)]
+struct TranscribeArgs {
+    /// Multilingual ggml model.
+    #[arg(long, env = "S2T_MODEL")]
+    model: Option<PathBuf>,
+    /// English-only ggml model, used for language 'en'.
+    #[arg(long, env = "S2T_MODEL_EN")]
+    model_en: Option<PathBuf>,
+    /// ISO 639-1 code or 'auto'.
+    #[arg(long, default_value = "auto")]
+    language: String,
+    /// Decoding threads in total (at most the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Files decoded at the same time, sharing the model and the threads.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    #[arg(long, default_value_t = 5)]
+    beam_size: i32,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fit_audio_ctx: bool,
+    /// Longest audio accepted, in seconds.
+    #[arg(long, default_value_t = 4 * 3600)]
+    max_audio_secs: u64,
+    files: Vec<PathBuf>,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn transcribe_files(args: TranscribeArgs) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let started = std::time::Instant::now();
+    let engine = s2t_worker::asr::Engine::load(&s2t_worker::asr::ModelPaths {
+        english: args.model_en.clone(),
+        multilingual: args.model.clone(),
+    })?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let budget = args.threads.unwrap_or_else(cores).clamp(1, cores());
+    let parallel = args.parallel.clamp(1, budget);
+    let options = s2t_worker::asr::TranscribeOptions {
+        language: args.language.clone(),
+        threads: (budget / parallel) as i32,
+        beam_size: args.beam_size.max(1),
+        cancel: None,
+        fit_audio_ctx: args.fit_audio_ctx,
+    };
+    let next = AtomicUsize::new(0);
+    let failures = AtomicUsize::new(0);
+    let audio_ms = AtomicUsize::new(0);
+    let began = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = args.files.get(i) else { break };
+                let t0 = std::time::Instant::now();
+                let result = std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        s2t_worker::audio::decode(bytes, None, args.max_audio_secs)
+                            .map_err(|e| e.to_string())
+                    })
+                    .and_then(|d| {
+                        let t = engine
+                            .transcribe(&d.samples, &options, |_| {})
+                            .map_err(|e| e.to_string())?;
+                        Ok((d.duration_ms, t))
+                    });
+                let line = match result {
+                    Ok((ms, t)) => {
+                        audio_ms.fetch_add(ms as usize, Ordering::Relaxed);
+                        let text: Vec<&str> = t.segments.iter().map(|s| s.text.as_str()).collect();
+                        serde_json::json!({
+                            "file": path, "language": t.language, "text": text.join(" "),
+                            "audio_seconds": ms as f64 / 1000.0,
+                            "seconds": t0.elapsed().as_secs_f64(),
+                        })
+                    }
+                    Err(e) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        serde_json::json!({"file": path, "error": e})
+                    }
+                };
+                println!("{line}");
+            });
+        }
+    });
+    let wall = began.elapsed().as_secs_f64();
+    let audio_seconds = audio_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "summary": true, "files": args.files.len(),
+            "failed": failures.load(Ordering::Relaxed),
+            "audio_seconds": audio_seconds, "wall_seconds": wall,
+            "load_seconds": load_seconds,
+            "realtime_factor": audio_seconds / wall.max(1e-9),
+            "threads": budget, "parallel": parallel,
+        })
+    );
+    anyhow::ensure!(failures.load(Ordering::Relaxed) == 0, "some files failed");
+    Ok(())
+}
+
 async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
     let engine = s2t_worker::asr::Engine::load(&s2t_worker::asr::ModelPaths {
         english: args.model_en.clone(),
         multilingual: args.model.clone(),
     })?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = cores();
     let settings = s2t_worker::runner::Settings {
         database_url: args.database_url,
         worker_name: args.name.unwrap_or_else(|| {
@@ -94,6 +211,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         // More busy-waiting ggml threads than cores makes decoding 10x slower.
         thread_budget: args.threads.unwrap_or(cores).clamp(1, cores),
         beam_size: args.beam_size.max(1),
+        fit_audio_ctx: args.fit_audio_ctx,
         lease_secs: args.lease_secs.max(3),
         poll_secs: args.poll_secs,
         max_audio_secs: args.max_audio_secs,
@@ -121,6 +239,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
 
 fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Result<()> {
     use whisper_rs::{WhisperContext, WhisperContextParameters};
+    whisper_rs::install_logging_hooks();
     let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
         .map_err(|e| anyhow::anyhow!("whisper.cpp could not load {}: {e}", path.display()))?;
     let loaded = [
@@ -136,7 +255,9 @@ fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Res
         ctx.model_n_mels(),
         ctx.model_ftype(),
     ];
-    let written = h.fields();
+    let mut written = h.fields();
+    // whisper.cpp strips the quantisation version from the ftype it reports.
+    written[10] %= 1000;
     anyhow::ensure!(
         loaded == written,
         "whisper.cpp reads {loaded:?}, the converter wrote {written:?}"
@@ -153,13 +274,15 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(run_worker(args))?;
         }
+        Command::Transcribe(args) => transcribe_files(args)?,
         Command::ConvertModel {
             ct2,
             out,
             verify: check,
+            weights,
         } => {
             let started = std::time::Instant::now();
-            let report = s2t_worker::model::convert_ct2_to_ggml(&ct2, &out)
+            let report = s2t_worker::model::convert_ct2_to_ggml(&ct2, &out, weights)
                 .with_context(|| format!("converting {}", ct2.display()))?;
             println!(
                 "wrote {} ({} bytes, {} tensors, {} tokens) in {:.1} s; hparams {:?}",

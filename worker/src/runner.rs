@@ -23,6 +23,8 @@ pub struct Settings {
     /// Decoding threads across all slots.
     pub thread_budget: usize,
     pub beam_size: i32,
+    /// Fit the encoder context to short audio (see `asr::fitted_audio_ctx`).
+    pub fit_audio_ctx: bool,
     pub lease_secs: u64,
     pub poll_secs: u64,
     pub max_audio_secs: u64,
@@ -275,6 +277,7 @@ async fn process(
         threads,
         beam_size: s.beam_size,
         cancel: Some(cancel.clone()),
+        fit_audio_ctx: s.fit_audio_ctx,
     };
     let engine = shared.engine.clone();
     let p = progress.clone();

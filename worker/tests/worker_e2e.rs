@@ -10,8 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const ENGLISH: &str =
-    "The quick brown fox jumps over the lazy dog. Postgres stores every segment of the transcript.";
+/// Plain words that tiny.en hears reliably in espeak-ng's voice (names such
+/// as "Postgres" come out differently from machine to machine).
+const ENGLISH: &str = "Please check the weather report before you drive to the mountains \
+     this weekend. The roads may be closed by snow.";
 
 fn worker(db: &TestDb, extra: &[&str]) -> Command {
     let models = models_dir();
@@ -182,7 +184,7 @@ async fn queued_recordings_become_segments_and_bad_audio_fails_at_once() {
         .map(|s| s.3.as_str())
         .collect::<Vec<_>>()
         .join(" ");
-    assert!(wer(ENGLISH, &text) < 0.45, "{text:?}");
+    assert!(wer(ENGLISH, &text) < 0.25, "{text:?}");
     let mut last_start = 0;
     for (i, (idx, start, end, _)) in segs.iter().enumerate() {
         assert_eq!(*idx, i as i32);
@@ -220,15 +222,7 @@ async fn queued_recordings_become_segments_and_bad_audio_fails_at_once() {
     assert_eq!(r.attempts, 1, "bad input is not retried");
     assert!(segments(&db, corrupt).await.is_empty());
 
-    let used: i32 = db
-        .admin
-        .query_one(
-            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let used = used_seconds(&db, user).await;
     let billed: i32 = db
         .admin
         .query_one(
@@ -266,6 +260,28 @@ async fn wait_until_running(db: &TestDb, rec: Uuid, child: &mut Child) {
     }
 }
 
+async fn used_seconds(db: &TestDb, user: Uuid) -> i32 {
+    db.admin
+        .query_one(
+            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A finished job left its segments once (no duplicate idx) and charged
+/// its seconds once.
+async fn assert_stored_once(db: &TestDb, user: Uuid, rec: Uuid, billed: i32) {
+    let segs = segments(db, rec).await;
+    assert!(!segs.is_empty());
+    let idx: std::collections::HashSet<i32> = segs.iter().map(|s| s.0).collect();
+    assert_eq!(idx.len(), segs.len(), "no duplicate segments");
+    let used = used_seconds(db, user).await;
+    assert_eq!(used, billed, "charged once");
+}
+
 /// About 40 s of speech: long enough that a kill lands mid-transcription.
 fn long_speech(dir: &std::path::Path) -> std::path::PathBuf {
     let text = [ENGLISH; 5].join(" ");
@@ -300,33 +316,47 @@ async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     let r = result(&db, rec).await;
     assert_eq!(r.status, "done", "{:?}", r.reason);
     assert_eq!(r.attempts, 2);
-    let segs = segments(&db, rec).await;
-    assert!(!segs.is_empty());
-    let idx: std::collections::HashSet<i32> = segs.iter().map(|s| s.0).collect();
-    assert_eq!(idx.len(), segs.len(), "no duplicate segments");
-    let used: i32 = db
-        .admin
-        .query_one(
-            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(used, r.billed, "charged once");
+    assert_stored_once(&db, user, rec, r.billed).await;
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A user with about 40 s of queued speech, and a worker (with this
+/// lease) that has started on it.
+struct LongJob {
+    db: TestDb,
+    user: Uuid,
+    rec: Uuid,
+    dir: std::path::PathBuf,
+    worker: std::process::Child,
+}
+
+async fn long_job_running(user_name: &str, tag: &str, lease_secs: &str) -> LongJob {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, user_name).await;
+    let dir = temp_dir(tag);
+    let wav = long_speech(&dir);
+    let rec = queue(&db, user, "en", "audio/wav", std::fs::read(&wav).unwrap()).await;
+    let mut child = worker(&db, &["--lease-secs", lease_secs]).spawn().unwrap();
+    wait_until_running(&db, rec, &mut child).await;
+    LongJob {
+        db,
+        user,
+        rec,
+        dir,
+        worker: child,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_current_job_finish() {
     let _turn = common::one_decoder_at_a_time_async().await;
-    let db = TestDb::new().await;
-    let user = register(&db.admin, "tom").await;
-    let dir = temp_dir("worker-term");
-    let wav = long_speech(&dir);
-    let rec = queue(&db, user, "en", "audio/wav", std::fs::read(&wav).unwrap()).await;
-    let mut child = worker(&db, &["--lease-secs", "30"]).spawn().unwrap();
-    wait_until_running(&db, rec, &mut child).await;
+    let LongJob {
+        db,
+        user: _,
+        rec,
+        dir,
+        worker: mut child,
+    } = long_job_running("tom", "worker-term", "30").await;
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -340,5 +370,106 @@ async fn sigterm_lets_the_current_job_finish() {
         "done",
         "the job finished before exit"
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_read_speech_is_transcribed_within_a_word_error_bound() {
+    let _turn = common::one_decoder_at_a_time_async().await;
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "reader").await;
+    let corpus = common::librivox();
+    assert_eq!(corpus.len(), 5);
+    let mut queued = Vec::new();
+    for (wav, reference) in &corpus {
+        let rec = queue(&db, user, "en", "audio/wav", std::fs::read(wav).unwrap()).await;
+        queued.push((rec, reference.clone(), wav_duration_ms(wav)));
+    }
+    run_once(&db);
+    let (mut errors, mut total) = (0.0, 0usize);
+    for (rec, reference, expected_ms) in queued {
+        let r = result(&db, rec).await;
+        assert_eq!(r.status, "done", "{:?}", r.reason);
+        assert!((r.duration_ms - expected_ms).abs() <= 1);
+        let text = segments(&db, rec)
+            .await
+            .iter()
+            .map(|s| s.3.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let n = common::words(&reference).len();
+        errors += wer(&reference, &text) * n as f64;
+        total += n;
+        eprintln!("{reference:?}\n  -> {text:?}");
+    }
+    let corpus_wer = errors / total as f64;
+    eprintln!("corpus WER {corpus_wer:.3} over {total} words");
+    assert!(corpus_wer < 0.15, "corpus WER {corpus_wer:.3}");
+}
+
+/// Restart PostgreSQL (the test cluster) while a job runs.
+fn restart_postgres() {
+    let bin = std::env::var("PG_BIN").expect("make test exports PG_BIN");
+    let data = std::env::var("S2T_TEST_PGDATA").expect("make test exports S2T_TEST_PGDATA");
+    let pg_ctl = format!("{bin}/pg_ctl");
+    let mut cmd = match std::env::var("S2T_TEST_PG_OS_USER") {
+        Ok(user) if !user.is_empty() => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", &user, "--", &pg_ctl]);
+            c
+        }
+        _ => Command::new(&pg_ctl),
+    };
+    let out = cmd
+        // With -l the new postmaster writes to a file; without it, it would
+        // inherit our pipes and output() would wait for it to exit.
+        .args(["-D", &data, "-l", &format!("{data}/restart.log")])
+        .args(["-m", "fast", "-w", "-t", "60", "restart"])
+        .output()
+        .expect("pg_ctl");
+    assert!(
+        out.status.success(),
+        "restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_during_a_job_loses_nothing() {
+    let _turn = common::one_decoder_at_a_time_async().await;
+    let LongJob {
+        db,
+        user,
+        rec,
+        dir,
+        worker: mut child,
+    } = long_job_running("rita", "worker-restart", "4").await;
+    restart_postgres();
+    // The old connections are gone; the worker reconnects on its own.
+    let db_after = TestDb::reconnect(&db.name).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let status: String = db_after
+            .admin
+            .query_one("SELECT status FROM s2t.recordings WHERE id = $1", &[&rec])
+            .await
+            .unwrap()
+            .get(0);
+        if status != "processing" || Instant::now() > deadline {
+            break status;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the worker died with the server"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    assert_eq!(status, "done");
+    let r = result(&db_after, rec).await;
+    assert_stored_once(&db_after, user, rec, r.billed).await;
     std::fs::remove_dir_all(&dir).ok();
 }

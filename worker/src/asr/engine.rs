@@ -40,6 +40,27 @@ pub struct TranscribeOptions {
     pub beam_size: i32,
     /// Set to stop decoding early (lease lost, shutdown).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Encode only as much of the 30 s window as the speech needs (see
+    /// [`fitted_audio_ctx`]).
+    pub fit_audio_ctx: bool,
+}
+
+/// Encoder frames per second of audio (one per 20 ms).
+const ENCODER_FRAMES_PER_SECOND: usize = 50;
+/// Frames added after the speech so the last word is not cut.
+const AUDIO_CTX_MARGIN: usize = 64;
+
+/// The encoder context for `samples` of 16 kHz speech: whisper.cpp always
+/// encodes a full window (`n_audio_ctx`, 30 s), so a 3 s clip costs as much
+/// as a 30 s one. Returns 0 (the full window) when the speech does not fit
+/// in one window with the margin.
+pub fn fitted_audio_ctx(samples: usize, n_audio_ctx: i32) -> i32 {
+    let frames = (samples * ENCODER_FRAMES_PER_SECOND).div_ceil(vad::RATE) + AUDIO_CTX_MARGIN;
+    if frames >= n_audio_ctx.max(0) as usize {
+        0
+    } else {
+        frames as i32
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -166,6 +187,12 @@ impl Engine {
         };
         let mut params = FullParams::new(strategy);
         params.set_n_threads(opts.threads.max(1));
+        if opts.fit_audio_ctx {
+            let ctx = fitted_audio_ctx(speech.len(), model.ctx.model_n_audio_ctx());
+            if ctx > 0 {
+                params.set_audio_ctx(ctx);
+            }
+        }
         let language = if model.multilingual {
             opts.language.as_str()
         } else {
@@ -278,5 +305,21 @@ impl Engine {
             segments,
             speech_seconds,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_speech_gets_a_fitted_encoder_context_and_long_speech_the_window() {
+        // 3 s: 150 frames plus the margin.
+        assert_eq!(fitted_audio_ctx(3 * 16_000, 1500), 150 + 64);
+        // A partial frame rounds up.
+        assert_eq!(fitted_audio_ctx(1, 1500), 1 + 64);
+        // 28.8 s plus the margin no longer fits: use the whole window.
+        assert_eq!(fitted_audio_ctx(28 * 16_000 + 12_800, 1500), 0);
+        assert_eq!(fitted_audio_ctx(60 * 16_000, 1500), 0);
     }
 }

@@ -1,11 +1,13 @@
 //! CTranslate2 Whisper → whisper.cpp ggml.
 //!
 //! The hyper-parameters come from tensor shapes and the two head-count
-//! scalars. Weights of rank ≥ 2 are written f16; biases, norms, the conv
-//! biases (reshaped to `[d, 1]`) and the positional embeddings f32, because
+//! scalars. The matrices are written in the chosen [`WeightType`] (f16 or
+//! `Q8_0`), the convolution kernels f16, and biases, norms, the conv biases
+//! (reshaped to `[d, 1]`) and the positional embeddings f32, because
 //! whisper.cpp checks every tensor's type and requires exactly its set.
 
 use super::ct2::{self, Ct2Model, DType, Variable};
+use super::quant::{self, WeightType};
 use super::{mel, vocab};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -156,22 +158,35 @@ pub fn hparams(model: &Ct2Model) -> Result<HParams, ConvertError> {
     Ok(h)
 }
 
-/// One tensor to write: name, numpy-order dims, and whether it is f16.
+/// How one tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    F32,
+    F16,
+    /// A matrix whisper.cpp creates with the model's weight type.
+    Matrix,
+}
+
+/// One tensor to write: name, numpy-order dims, and its storage.
 struct Out {
     name: String,
     dims: Vec<usize>,
     values: Vec<f32>,
-    f16: bool,
+    kind: Kind,
 }
 
 impl Out {
     fn new(name: impl Into<String>, dims: Vec<usize>, values: Vec<f32>) -> Out {
-        let f16 = dims.len() >= 2;
+        let kind = match dims.len() {
+            0 | 1 => Kind::F32,
+            2 => Kind::Matrix,
+            _ => Kind::F16,
+        };
         Out {
             name: name.into(),
             dims,
             values,
-            f16,
+            kind,
         }
     }
 }
@@ -308,7 +323,7 @@ fn map_tensors(model: &Ct2Model, h: &HParams) -> Result<Vec<Out>, ConvertError> 
         ));
         let b = var(model, &format!("encoder/{conv}/bias"))?;
         let mut bias = Out::new(format!("encoder.{conv}.bias"), vec![b.len(), 1], b.to_f32());
-        bias.f16 = false;
+        bias.kind = Kind::F32;
         out.push(bias);
     }
     for (src, dst) in [
@@ -323,7 +338,7 @@ fn map_tensors(model: &Ct2Model, h: &HParams) -> Result<Vec<Out>, ConvertError> 
     ] {
         let v = var(model, src)?;
         let mut t = Out::new(dst, v.dims.clone(), v.to_f32());
-        t.f16 = false;
+        t.kind = Kind::F32;
         out.push(t);
     }
     layer_norm(&mut out, model, "encoder/layer_norm", "encoder.ln_post")?;
@@ -381,6 +396,7 @@ fn write_ggml(
     h: &HParams,
     tokens: &[Vec<u8>],
     tensors: &[Out],
+    weights: WeightType,
 ) -> io::Result<()> {
     w.write_all(&GGML_MAGIC.to_le_bytes())?;
     for v in h.fields() {
@@ -397,23 +413,26 @@ fn write_ggml(
         i32le(w, t.len() as i32)?;
         w.write_all(t)?;
     }
+    let mut buf = Vec::new();
     for t in tensors {
+        let (ttype, encoding) = match t.kind {
+            Kind::F32 => (0, None),
+            Kind::F16 => (1, Some(WeightType::F16)),
+            Kind::Matrix => (weights.tensor_type(), Some(weights)),
+        };
         i32le(w, t.dims.len() as i32)?;
         i32le(w, t.name.len() as i32)?;
-        i32le(w, if t.f16 { 1 } else { 0 })?;
+        i32le(w, ttype)?;
         for d in t.dims.iter().rev() {
             i32le(w, *d as i32)?;
         }
         w.write_all(t.name.as_bytes())?;
-        if t.f16 {
-            for v in &t.values {
-                w.write_all(&half::f16::from_f32(*v).to_le_bytes())?;
-            }
-        } else {
-            for v in &t.values {
-                w.write_all(&v.to_le_bytes())?;
-            }
+        buf.clear();
+        match encoding {
+            Some(e) => e.encode(&t.values, &mut buf),
+            None => buf.extend(t.values.iter().flat_map(|v| v.to_le_bytes())),
         }
+        w.write_all(&buf)?;
     }
     Ok(())
 }
@@ -426,9 +445,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ConvertError + '_ {
 }
 
 /// Convert the CTranslate2 model in `dir` (its `model.bin` and
-/// `vocabulary.txt`) to a whisper.cpp file at `out`. The file appears only
-/// when complete.
-pub fn convert_ct2_to_ggml(dir: &Path, out: &Path) -> Result<ConvertReport, ConvertError> {
+/// `vocabulary.txt`) to a whisper.cpp file at `out`, with the matrices in
+/// `weights`. The file appears only when complete.
+pub fn convert_ct2_to_ggml(
+    dir: &Path,
+    out: &Path,
+    weights: WeightType,
+) -> Result<ConvertReport, ConvertError> {
     let model_path = dir.join("model.bin");
     let file = std::fs::File::open(&model_path).map_err(io_err(&model_path))?;
     let model = ct2::read_model(&mut io::BufReader::new(file)).map_err(io_err(&model_path))?;
@@ -439,7 +462,8 @@ pub fn convert_ct2_to_ggml(dir: &Path, out: &Path) -> Result<ConvertReport, Conv
             "int8-quantised weights; use a float16 model".into(),
         ));
     }
-    let h = hparams(&model)?;
+    let mut h = hparams(&model)?;
+    h.ftype = weights.header_ftype();
     let vocab_path = dir.join("vocabulary.txt");
     let text = std::fs::read_to_string(&vocab_path).map_err(io_err(&vocab_path))?;
     let tokens = vocab::regular_tokens(&text).map_err(ConvertError::Vocabulary)?;
@@ -452,10 +476,26 @@ pub fn convert_ct2_to_ggml(dir: &Path, out: &Path) -> Result<ConvertReport, Conv
     }
     let tensors = map_tensors(&model, &h)?;
     drop(model);
+    if weights == WeightType::Q8_0 {
+        let bad = tensors.iter().find(|t| {
+            t.kind == Kind::Matrix
+                && t.dims
+                    .last()
+                    .is_some_and(|d| !d.is_multiple_of(quant::Q8_0_BLOCK))
+        });
+        if let Some(t) = bad {
+            return Err(ConvertError::Unsupported(format!(
+                "{} has rows of {:?} values; Q8_0 needs multiples of {}",
+                t.name,
+                t.dims.last(),
+                quant::Q8_0_BLOCK
+            )));
+        }
+    }
     let tmp = out.with_extension("partial");
     let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
     let mut w = BufWriter::new(file);
-    write_ggml(&mut w, &h, &tokens, &tensors).map_err(io_err(&tmp))?;
+    write_ggml(&mut w, &h, &tokens, &tensors, weights).map_err(io_err(&tmp))?;
     w.flush().map_err(io_err(&tmp))?;
     drop(w);
     std::fs::rename(&tmp, out).map_err(io_err(out))?;

@@ -109,14 +109,38 @@ pub fn model_packages() -> PathBuf {
     ))
 }
 
-/// Lower-cased words without punctuation.
+/// Lower-cased words without punctuation; hyphens split words and the
+/// abbreviations Whisper writes are spelled out, as in the references.
 pub fn words(text: &str) -> Vec<String> {
-    text.split_whitespace()
+    text.replace('-', " ")
+        .split_whitespace()
         .map(|w| {
             w.trim_matches(|c: char| !c.is_alphanumeric())
                 .to_lowercase()
         })
         .filter(|w| !w.is_empty())
+        .map(|w| match w.as_str() {
+            "mr" => "mister".to_string(),
+            "mrs" => "missus".to_string(),
+            _ => w,
+        })
+        .collect()
+}
+
+/// The five read sentences of Debian's pocketsphinx-testdata, with their
+/// reference transcripts.
+pub fn librivox() -> Vec<(PathBuf, String)> {
+    let dir = Path::new("/usr/share/pocketsphinx/test/data/librivox");
+    let listing = std::fs::read_to_string(dir.join("transcription"))
+        .expect("apt package pocketsphinx-testdata is installed");
+    listing
+        .lines()
+        .filter_map(|line| {
+            let (text, id) = line.rsplit_once(" (")?;
+            let id = id.trim_end_matches(')');
+            let text = text.replace("<s>", "").replace("</s>", "");
+            Some((dir.join(format!("{id}.wav")), text.trim().to_string()))
+        })
         .collect()
 }
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# make bench-asr: our worker path against faster-whisper on a fixed corpus,
+# same CTranslate2-sourced models, threads and beam. Writes
+# bench/results/asr.json.
+source "$(dirname "$0")/lib.sh"
+
+"$ROOT/scripts/models.sh"
+MODELS="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}"
+# The reference engine lives only in the benchmark's virtualenv.
+if ! "$VENV/bin/python" -c "import faster_whisper" 2>/dev/null; then
+    say "installing faster-whisper==$FASTER_WHISPER_VERSION (benchmark reference)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "faster-whisper==$FASTER_WHISPER_VERSION"
+fi
+THREADS="${S2T_BENCH_THREADS:-$(nproc)}"
+say "ASR: pg_s2t worker vs faster-whisper ($THREADS threads, beam 5)"
+"$VENV/bin/python" "$ROOT/bench/asr.py" --worker "$CARGO_TARGET_DIR/release/s2t-worker" \
+    --models "$MODELS" --threads "$THREADS" --beam-size 5 \
+    --out "$ROOT/bench/results/asr.json" "$@"
