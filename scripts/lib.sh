@@ -157,6 +157,26 @@ psql_admin() {
     "$PG_BIN/psql" -h "$dir/data" -p "$port" -U s2t -d "$db" -v ON_ERROR_STOP=1 -qAtX "$@"
 }
 
+# stop_service NAME [TENTHS]: SIGTERM the process in .s2t/NAME.pid and wait
+# (up to TENTHS tenths of a second) for it to finish its work.
+stop_service() {
+    local pidfile="$STATE/$1.pid" tenths="${2:-100}"
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        kill -TERM "$(cat "$pidfile")"
+        for _ in $(seq 1 "$tenths"); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile"
+}
+
+# start_service NAME CMD...: run CMD in the background, logging to
+# .s2t/NAME.log, with its pid in .s2t/NAME.pid.
+start_service() {
+    local name="$1"
+    shift
+    nohup "$@" >>"$STATE/$name.log" 2>&1 &
+    echo $! >"$STATE/$name.pid"
+}
+
 # create_login_roles DIR PORT GATEWAY_PW WORKER_PW: the login roles the
 # services use, members of the extension's group roles.
 create_login_roles() {

@@ -8,11 +8,14 @@ ensure_deps
 mkdir -p "$STATE"
 "$ROOT/scripts/models.sh"
 MODELS="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}"
+say "building the gateway"
+cargo build -q --release -p s2t-gateway
 install_extension
 ensure_pg_os_user
 
 DATA="$STATE/pg"
 PORT="${S2T_PG_PORT:-54329}"
+GATEWAY_ADDR="127.0.0.1:${S2T_GATEWAY_PORT:-8080}"
 SECRETS="$STATE/secrets.env"
 
 if [ ! -f "$SECRETS" ]; then
@@ -23,6 +26,9 @@ if [ ! -f "$SECRETS" ]; then
         echo "S2T_WORKER_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
     } >"$SECRETS"
     umask 022
+fi
+if ! grep -q '^S2T_JWT_SECRET=' "$SECRETS"; then
+    echo "S2T_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" >>"$SECRETS"
 fi
 # shellcheck disable=SC1090
 source "$SECRETS"
@@ -53,25 +59,39 @@ create_login_roles "$DATA" "$PORT" "$S2T_GATEWAY_PASSWORD" "$S2T_WORKER_PASSWORD
 
 # Same version, different install script: the database still has the old
 # objects. Say so rather than run with a silently stale schema.
-SCRIPT_SHA="$(sha256sum "$("$PG_CONFIG" --sharedir)/extension/pg_s2t--$(grep -m1 '^version' "$ROOT/Cargo.toml" | cut -d'"' -f2).sql" | cut -d' ' -f1)"
-if [ -f "$STATE/schema.sha256" ] && [ "$(cat "$STATE/schema.sha256")" != "$SCRIPT_SHA" ]; then
+VERSION_NOW="$(grep -m1 '^version' "$ROOT/Cargo.toml" | cut -d'"' -f2)"
+SCRIPT_SHA="$VERSION_NOW $(sha256sum "$("$PG_CONFIG" --sharedir)/extension/pg_s2t--$VERSION_NOW.sql" | cut -d' ' -f1)"
+if [ -f "$STATE/schema.sha256" ] && [ "$(cut -d' ' -f1 "$STATE/schema.sha256")" = "$VERSION_NOW" ] \
+    && [ "$(cat "$STATE/schema.sha256")" != "$SCRIPT_SHA" ]; then
     printf '\nwarning: the pg_s2t install script changed but its version did not, so database s2t keeps\n' >&2
     printf '         the old objects. Bump the version and add an upgrade script in pg_s2t/sql/, or\n' >&2
     printf '         start over with: make clean-data && make run\n\n' >&2
 else
     echo "$SCRIPT_SHA" >"$STATE/schema.sha256"
 fi
-# The worker: stop the old one (it finishes or releases its job), start anew.
-WORKER_PID="$STATE/worker.pid"
-if [ -f "$WORKER_PID" ] && kill -0 "$(cat "$WORKER_PID")" 2>/dev/null; then
-    kill -TERM "$(cat "$WORKER_PID")"
-    for _ in $(seq 1 100); do kill -0 "$(cat "$WORKER_PID")" 2>/dev/null || break; sleep 0.1; done
-fi
+# The services: stop the old ones (the worker finishes or releases its job),
+# start anew.
+stop_service worker 100
+stop_service gateway 100
 say "starting the worker (log: .s2t/worker.log)"
 WORKER_DATABASE_URL="postgres://s2t_worker_svc:$S2T_WORKER_PASSWORD@127.0.0.1:$PORT/s2t" \
 S2T_MODEL="$MODELS/ggml-base.bin" S2T_MODEL_EN="$MODELS/ggml-tiny.en.bin" \
-    nohup "$CARGO_TARGET_DIR/release/s2t-worker" run >>"$STATE/worker.log" 2>&1 &
-echo $! >"$WORKER_PID"
+    start_service worker "$CARGO_TARGET_DIR/release/s2t-worker" run
+say "starting the gateway on http://$GATEWAY_ADDR (log: .s2t/gateway.log)"
+# Development mode (S2T_DEV): see "The gateway" in README.md.
+APP_DATABASE_URL="postgres://s2t_gateway:$S2T_GATEWAY_PASSWORD@127.0.0.1:$PORT/s2t" \
+S2T_JWT_SECRET="$S2T_JWT_SECRET" S2T_DEV=true S2T_GATEWAY_LISTEN="$GATEWAY_ADDR" \
+S2T_SPOOL_DIR="$STATE/spool" \
+    start_service gateway "$CARGO_TARGET_DIR/release/s2t-gateway"
+ready=""
+for _ in $(seq 1 100); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://$GATEWAY_ADDR/readyz', timeout=1)" 2>/dev/null; then
+        ready=1
+        break
+    fi
+    sleep 0.1
+done
+[ -n "$ready" ] || die "the gateway did not become ready; see .s2t/gateway.log"
 
 VERSION="$(psql_admin "$DATA" "$PORT" s2t -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_s2t'")"
 
@@ -80,6 +100,7 @@ cat >"$STATE/run.env" <<ENV
 DATABASE_URL=postgres://s2t:$S2T_PG_PASSWORD@127.0.0.1:$PORT/s2t
 APP_DATABASE_URL=postgres://s2t_gateway:$S2T_GATEWAY_PASSWORD@127.0.0.1:$PORT/s2t
 WORKER_DATABASE_URL=postgres://s2t_worker_svc:$S2T_WORKER_PASSWORD@127.0.0.1:$PORT/s2t
+GATEWAY_URL=http://$GATEWAY_ADDR
 PG_BIN=$PG_BIN
 ENV
 chmod 600 "$STATE/run.env"
@@ -87,13 +108,15 @@ chmod 600 "$STATE/run.env"
 cat <<MSG
 
 pg_s2t $VERSION is running on PostgreSQL 18 at 127.0.0.1:$PORT (database s2t),
-with a transcription worker (pid $(cat "$WORKER_PID"), models in $MODELS).
+with a transcription worker (models in $MODELS) and the gateway:
+
+  API:  http://$GATEWAY_ADDR      (curl examples: "The gateway" in README.md)
 
   source .s2t/run.env
   \$PG_BIN/psql "\$DATABASE_URL"          # as the owner (superuser)
   \$PG_BIN/psql "\$APP_DATABASE_URL"      # as the application role, under row-level security
 
-Try:  SELECT s2t.register_user('ann@example.com', 'ann', '\$argon2id\$demo', 'Ann');
+Try:  curl -s http://$GATEWAY_ADDR/readyz
 Queue audio for transcription from psql: see "Batch transcription" in README.md.
 Stop: make stop        Tests: make test        Benchmarks: make bench
 MSG

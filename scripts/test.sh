@@ -34,6 +34,8 @@ psql_admin "$DATA" "$PORT" examples -f "$ROOT/sql/examples.sql" >/dev/null
 
 export S2T_TEST_ADMIN_URL="postgres://s2t@127.0.0.1:$PORT/postgres"
 export S2T_TEST_TEMPLATE="s2t_template"
+# The gateway's end-to-end tests run the release worker that make models built.
+export S2T_WORKER_BIN="$CARGO_TARGET_DIR/release/s2t-worker"
 export PG_BIN
 # The worker's tests restart this cluster to prove nothing is lost.
 export S2T_TEST_PGDATA="$DATA/data"

@@ -1,5 +1,89 @@
-//! The pg_s2t gateway. Only the skeleton exists so far; the REST API, auth
-//! and WebSocket sessions arrive with the gateway issue.
+//! The pg_s2t gateway: a thin axum service over the extension.
+//!
+//! Layout:
+//! - [`config`]: flags and environment; [`app`] builds the router from an
+//!   [`AppState`]; [`run`] serves it until shutdown.
+//! - [`routes`]: handlers, thin: they call the extension's functions inside
+//!   a transaction that names the user ([`db::begin_as`]), so row-level
+//!   security, not handler code, decides what a user sees.
+//! - Pure logic with unit tests: [`tokens`] (passwords, JWTs, refresh
+//!   tokens), [`throttle`], [`cursor`], [`range`], [`transcript`].
+//! - [`error`]: problem details and the SQLSTATE → HTTP mapping;
+//!   [`events`]: LISTEN/NOTIFY fan-out for Server-Sent Events.
+
+pub mod config;
+pub mod cursor;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod observe;
+pub mod range;
+pub mod routes;
+pub mod throttle;
+pub mod tokens;
+pub mod transcript;
+
+use axum::Router;
+use std::sync::Arc;
+
+pub use config::Config;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub config: Config,
+    pub pool: deadpool_postgres::Pool,
+    pub jwt: tokens::JwtKeys,
+    pub throttle: throttle::LoginThrottle,
+    pub events: events::Hub,
+    pub metrics: observe::Metrics,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl AppState {
+    /// Connects the pool and starts the event listener.
+    pub fn new(config: Config) -> anyhow::Result<AppState> {
+        let secret = config::jwt_secret(config.jwt_secret.as_deref(), config.dev)?;
+        let pool = db::pool(&config.database_url, config.db_pool)?;
+        let events = events::Hub::start(config.database_url.clone());
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                jwt: tokens::JwtKeys::new(&secret),
+                throttle: throttle::LoginThrottle::new(throttle::Policy::default()),
+                config,
+                pool,
+                events,
+                metrics: observe::Metrics::default(),
+            }),
+        })
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Serve until `shutdown` resolves, then finish the requests in flight.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
 
 /// HTTP status for an extension SQLSTATE; one mapping for the whole service.
 pub fn status_for_sqlstate(sqlstate: &str) -> u16 {

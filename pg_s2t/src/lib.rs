@@ -56,10 +56,11 @@ extension_sql_file!(
     name = "maintenance",
     requires = ["queue"]
 );
+extension_sql_file!("sql/auth.sql", name = "auth", requires = ["maintenance"]);
 extension_sql_file!(
     "sql/security.sql",
     name = "security",
-    requires = ["maintenance", extension_version],
+    requires = ["auth", extension_version],
     finalize
 );
 

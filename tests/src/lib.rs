@@ -4,6 +4,8 @@
 //! The cluster is described by two variables that `scripts/test.sh` sets:
 //! `S2T_TEST_ADMIN_URL` (a superuser DSN) and `S2T_TEST_TEMPLATE`.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
@@ -57,6 +59,21 @@ impl TestDb {
             .expect("create test database");
         let admin = connect(&Self::url_for(&name, "s2t")).await;
         TestDb { name, admin }
+    }
+
+    /// A fresh database without the extension (to test installing and
+    /// upgrading it).
+    pub async fn empty() -> TestDb {
+        let name = format!(
+            "e_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let root = connect(&admin_url()).await;
+        root.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create empty database");
+        Self::reconnect(&name).await
     }
 
     /// A new handle on an existing database, e.g. after a server restart.
@@ -217,4 +234,71 @@ pub async fn listen(
         .await
         .expect("LISTEN");
     (client, rx)
+}
+
+/// Run a tool from apt and panic with its stderr if it fails.
+pub fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// espeak-ng speech as a 16 kHz mono 16-bit WAV, with `pad_s` seconds of
+/// silence before and after.
+pub fn speech_wav(text: &str, voice: &str, pad_s: f32, dir: &Path, name: &str) -> PathBuf {
+    let raw = dir.join(format!("{name}.raw.wav"));
+    let wav = dir.join(format!("{name}.wav"));
+    run(
+        "espeak-ng",
+        &["-v", voice, "-s", "150", "-w", raw.to_str().unwrap(), text],
+    );
+    let pad = pad_s.to_string();
+    run(
+        "sox",
+        &[
+            raw.to_str().unwrap(),
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            wav.to_str().unwrap(),
+            "pad",
+            &pad,
+            &pad,
+        ],
+    );
+    wav
+}
+
+/// The models `make models` built (`S2T_MODELS_DIR`, set by `make test`).
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(std::env::var("S2T_MODELS_DIR").expect("make test sets S2T_MODELS_DIR"))
+}
+
+/// `s2t-worker run` against this database, polling every second, with the
+/// test models, two threads and no maintenance.
+pub fn worker_command(bin: &Path, db: &TestDb) -> Command {
+    let models = models_dir();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "run",
+        "--poll-secs",
+        "1",
+        "--maintenance-secs",
+        "0",
+        "--threads",
+        "2",
+    ])
+    .env("WORKER_DATABASE_URL", db.url(WORKER_LOGIN))
+    .env("S2T_MODEL", models.join("ggml-base.bin"))
+    .env("S2T_MODEL_EN", models.join("ggml-tiny.en.bin"));
+    cmd
 }

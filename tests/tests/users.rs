@@ -206,5 +206,6 @@ async fn seeded_plans_and_comments_exist() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, "0.1.0/0.1.0");
+    let expected = env!("CARGO_PKG_VERSION");
+    assert_eq!(version, format!("{expected}/{expected}"));
 }

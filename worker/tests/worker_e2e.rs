@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{models_dir, speech_wav, temp_dir, wer};
-use s2t_tests::{register, set_limits, TestDb, WORKER_LOGIN};
+use common::{speech_wav, temp_dir, wer};
+use s2t_tests::{register, set_limits, TestDb};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -16,23 +16,8 @@ const ENGLISH: &str = "Please check the weather report before you drive to the m
      this weekend. The roads may be closed by snow.";
 
 fn worker(db: &TestDb, extra: &[&str]) -> Command {
-    let models = models_dir();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s2t-worker"));
-    cmd.arg("run")
-        .args([
-            "--poll-secs",
-            "1",
-            "--maintenance-secs",
-            "0",
-            "--threads",
-            "2",
-        ])
-        .args(extra)
-        .env("WORKER_DATABASE_URL", db.url(WORKER_LOGIN))
-        .env("S2T_MODEL", models.join("ggml-base.bin"))
-        .env("S2T_MODEL_EN", models.join("ggml-tiny.en.bin"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = s2t_tests::worker_command(env!("CARGO_BIN_EXE_s2t-worker").as_ref(), db);
+    cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
 }
 

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
 static DECODING: Mutex<()> = Mutex::new(());
@@ -28,17 +27,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-pub fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+#[allow(unused_imports)]
+pub use s2t_tests::run;
 
 /// A 16 kHz mono 16-bit WAV made by sox from nothing, e.g.
 /// `generated(&path, &["synth", "8", "pinknoise", "vol", "0.01"])` or
@@ -58,34 +48,8 @@ pub fn generated(path: &Path, effects: &[&str]) {
     run("sox", &args);
 }
 
-/// espeak-ng speech as a 16 kHz mono 16-bit WAV, with `pad_s` seconds of
-/// silence before and after.
-pub fn speech_wav(text: &str, voice: &str, pad_s: f32, dir: &Path, name: &str) -> PathBuf {
-    let raw = dir.join(format!("{name}.raw.wav"));
-    let wav = dir.join(format!("{name}.wav"));
-    run(
-        "espeak-ng",
-        &["-v", voice, "-s", "150", "-w", raw.to_str().unwrap(), text],
-    );
-    let pad = pad_s.to_string();
-    run(
-        "sox",
-        &[
-            raw.to_str().unwrap(),
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            wav.to_str().unwrap(),
-            "pad",
-            &pad,
-            &pad,
-        ],
-    );
-    wav
-}
+#[allow(unused_imports)]
+pub use s2t_tests::{models_dir, speech_wav};
 
 /// 16 kHz mono f32 samples of a 16-bit WAV.
 pub fn samples(wav: &Path) -> Vec<f32> {
@@ -94,13 +58,6 @@ pub fn samples(wav: &Path) -> Vec<f32> {
         .samples::<i16>()
         .map(|s| f32::from(s.expect("sample")) / 32768.0)
         .collect()
-}
-
-pub fn models_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("S2T_MODELS_DIR")
-            .expect("S2T_MODELS_DIR is not set: run through `make test`, which builds the models"),
-    )
 }
 
 pub fn model_packages() -> PathBuf {

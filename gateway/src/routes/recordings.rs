@@ -1,0 +1,584 @@
+//! `/recordings`: streamed uploads, listing, details, progress events,
+//! transcript downloads, audio playback and deletion.
+
+use super::{AuthUser, Query, RecordingId};
+use crate::cursor::Cursor;
+use crate::db::{begin_as, client};
+use crate::error::{ApiError, ApiResult};
+use crate::range::{self, RangeAnswer};
+use crate::transcript::{self, Format, Segment};
+use crate::AppState;
+use axum::body::Body as HttpBody;
+use axum::extract::{Multipart, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+/// An upload on disk, removed when dropped.
+struct Spooled {
+    path: PathBuf,
+    size: u64,
+    content_type: String,
+    filename: Option<String>,
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the upload is larger than the limit of {limit} bytes"),
+    )
+}
+
+fn bad_multipart(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(status, e.body_text());
+    }
+    ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
+}
+
+async fn spool(
+    mut field: axum::extract::multipart::Field<'_>,
+    dir: &std::path::Path,
+    limit: u64,
+) -> ApiResult<Spooled> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| ApiError::internal(format!("spool dir {}: {e}", dir.display())))?;
+    let spooled = Spooled {
+        path: dir.join(format!("upload-{}", Uuid::new_v4())),
+        size: 0,
+        content_type: field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_string(),
+        filename: field.file_name().map(str::to_string),
+    };
+    let mut file = tokio::fs::File::create(&spooled.path)
+        .await
+        .map_err(|e| ApiError::internal(format!("spool file: {e}")))?;
+    let mut spooled = spooled;
+    while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+        spooled.size += chunk.len() as u64;
+        if spooled.size > limit {
+            return Err(too_large(limit));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(format!("spool write: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("spool flush: {e}")))?;
+    Ok(spooled)
+}
+
+/// Stream the spooled file into the database with binary COPY (so the
+/// gateway never holds the whole upload in memory), then attach it to the
+/// recording. COPY cannot target `recording_audio` itself, which has
+/// row-level security; `s2t.audio_uploads` is its insert-only staging.
+async fn copy_audio(
+    tx: &tokio_postgres::Transaction<'_>,
+    recording: Uuid,
+    upload: &Spooled,
+) -> ApiResult<()> {
+    let staged = Uuid::new_v4();
+    let sink = tx
+        .copy_in("COPY s2t.audio_uploads (id, content_type, data) FROM STDIN (FORMAT binary)")
+        .await?;
+    futures_util::pin_mut!(sink);
+    let mut head = BytesMut::new();
+    head.put_slice(b"PGCOPY\n\xff\r\n\0");
+    head.put_i32(0); // flags
+    head.put_i32(0); // header extension length
+    head.put_i16(3); // fields in the tuple
+    head.put_i32(16);
+    head.put_slice(staged.as_bytes());
+    head.put_i32(upload.content_type.len() as i32);
+    head.put_slice(upload.content_type.as_bytes());
+    let size = i32::try_from(upload.size).map_err(|_| too_large(i32::MAX as u64))?;
+    head.put_i32(size);
+    sink.send(head.freeze()).await?;
+    let mut file = tokio::fs::File::open(&upload.path)
+        .await
+        .map_err(|e| ApiError::internal(format!("spool read: {e}")))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| ApiError::internal(format!("spool read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        sink.send(Bytes::copy_from_slice(&buf[..n])).await?;
+    }
+    sink.send(Bytes::from_static(b"\xff\xff")).await?; // end of data
+    sink.as_mut().finish().await?;
+    tx.execute("SELECT s2t.attach_upload($1, $2)", &[&recording, &staged])
+        .await?;
+    Ok(())
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> ApiResult<Response> {
+    let limit = state.config.max_upload_bytes;
+    // An honest Content-Length over the limit is refused before reading.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit + 64 * 1024) {
+        return Err(too_large(limit));
+    }
+    let dir = state
+        .config
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("s2t-spool"));
+    let mut language: Option<String> = None;
+    let mut upload: Option<Spooled> = None;
+    while let Some(field) = multipart.next_field().await.map_err(bad_multipart)? {
+        match field.name() {
+            Some("file") if upload.is_none() => upload = Some(spool(field, &dir, limit).await?),
+            Some("language") => {
+                let text = field.text().await.map_err(bad_multipart)?;
+                language = Some(text.trim().to_lowercase()).filter(|l| !l.is_empty());
+            }
+            _ => {}
+        }
+    }
+    let Some(upload) = upload else {
+        return Err(ApiError::invalid(
+            [(
+                "file".to_string(),
+                "attach the audio as the multipart field 'file'".to_string(),
+            )]
+            .into(),
+        ));
+    };
+    if upload.size == 0 {
+        return Err(ApiError::invalid(
+            [("file".to_string(), "the file is empty".to_string())].into(),
+        ));
+    }
+    let language = language.unwrap_or_else(|| "auto".into());
+    let meta = json!({
+        "filename": upload.filename, "content_type": upload.content_type, "size_bytes": upload.size,
+    });
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let id: Uuid = tx
+        .query_one(
+            "SELECT s2t.check_quota_and_create_recording($1, 'upload', $2, $3, 'db:')",
+            &[&user, &language, &meta],
+        )
+        .await?
+        .get(0);
+    copy_audio(&tx, id, &upload).await?;
+    tx.commit().await?;
+    state.metrics.upload(upload.size);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/recordings/{id}"))],
+        Json(json!({
+            "id": id, "status": "processing", "language": language, "size_bytes": upload.size,
+            "events_url": format!("/recordings/{id}/events"),
+        })),
+    )
+        .into_response())
+}
+
+const RECORDING_COLUMNS: &str =
+    "id, source, language, status, duration_ms, created_at, completed_at,
+    failure_reason, billed_seconds, (meta -> 'progress')::float8, meta";
+
+fn recording_json(r: &tokio_postgres::Row) -> Value {
+    json!({
+        "id": r.get::<_, Uuid>(0),
+        "source": r.get::<_, String>(1),
+        "language": r.get::<_, Option<String>>(2),
+        "status": r.get::<_, String>(3),
+        "duration_ms": r.get::<_, Option<i32>>(4),
+        "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(5),
+        "completed_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(6),
+        "failure_reason": r.get::<_, Option<String>>(7),
+        "billed_seconds": r.get::<_, i32>(8),
+        "progress": r.get::<_, Option<f64>>(9),
+        "meta": r.get::<_, Option<Value>>(10),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 100"));
+    }
+    if let Some(s) = &q.status {
+        if !["processing", "done", "failed"].contains(&s.as_str()) {
+            return Err(ApiError::bad_request(
+                "status must be processing, done or failed",
+            ));
+        }
+    }
+    let cursor = match &q.cursor {
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
+        None => None,
+    };
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {RECORDING_COLUMNS} FROM s2t.recordings
+                  WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)
+                    AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+                  ORDER BY created_at DESC, id DESC LIMIT $5"
+            ),
+            &[
+                &user,
+                &q.status,
+                &cursor.map(|c| c.created_at),
+                &cursor.map(|c| c.id).unwrap_or_default(),
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = more.then(|| page.last()).flatten().map(|r| {
+        Cursor {
+            created_at: r.get(5),
+            id: r.get(0),
+        }
+        .encode()
+    });
+    Ok(Json(json!({
+        "recordings": page.iter().map(recording_json).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+async fn load_segments(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: Uuid,
+) -> ApiResult<Vec<(Segment, Option<Value>)>> {
+    let rows = tx
+        .query(
+            "SELECT idx, start_ms, end_ms, text, words FROM s2t.segments WHERE recording_id = $1 ORDER BY idx",
+            &[&id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                Segment {
+                    idx: r.get(0),
+                    start_ms: r.get(1),
+                    end_ms: r.get(2),
+                    text: r.get(3),
+                },
+                r.get(4),
+            )
+        })
+        .collect())
+}
+
+async fn load_recording(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: Uuid,
+) -> ApiResult<tokio_postgres::Row> {
+    tx.query_opt(
+        &format!("SELECT {RECORDING_COLUMNS} FROM s2t.recordings WHERE id = $1"),
+        &[&id],
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("recording"))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    RecordingId(id): RecordingId,
+) -> ApiResult<Json<Value>> {
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let row = load_recording(&tx, id).await?;
+    let segments = load_segments(&tx, id).await?;
+    tx.commit().await?;
+    let mut body = recording_json(&row);
+    body["segments"] = segments
+        .into_iter()
+        .map(|(s, words)| json!({"idx": s.idx, "start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text, "words": words}))
+        .collect();
+    Ok(Json(body))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    RecordingId(id): RecordingId,
+) -> ApiResult<StatusCode> {
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let n = tx
+        .execute("DELETE FROM s2t.recordings WHERE id = $1", &[&id])
+        .await?;
+    tx.commit().await?;
+    if n == 0 {
+        return Err(ApiError::not_found("recording"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `transcript.{txt,srt,vtt,json}` or `audio`.
+pub async fn download(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    RecordingId(id): RecordingId,
+    axum::extract::Path((_, file)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if file == "audio" {
+        return audio(state, user, id, headers).await;
+    }
+    let format = file
+        .strip_prefix("transcript.")
+        .and_then(Format::from_extension)
+        .ok_or_else(|| ApiError::not_found("route"))?;
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let row = load_recording(&tx, id).await?;
+    let status: String = row.get(3);
+    if status != "done" {
+        let reason: Option<String> = row.get(7);
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            match reason {
+                Some(r) => format!("the recording failed, so it has no transcript: {r}"),
+                None => "the recording is still being transcribed; follow its events".into(),
+            },
+        ));
+    }
+    let segments: Vec<Segment> = load_segments(&tx, id)
+        .await?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    tx.commit().await?;
+    let body = match format {
+        Format::Txt => transcript::to_txt(&segments),
+        Format::Srt => transcript::to_srt(&segments),
+        Format::Vtt => transcript::to_vtt(&segments),
+        Format::Json => {
+            let mut v = recording_json(&row);
+            v["segments"] = serde_json::to_value(&segments).expect("segments serialise");
+            serde_json::to_string_pretty(&v).expect("json")
+        }
+    };
+    let name = format!("recording-{}.{}", &id.to_string()[..8], format.extension());
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+const AUDIO_CHUNK: i64 = 1024 * 1024;
+
+async fn audio(state: AppState, user: Uuid, id: Uuid, headers: HeaderMap) -> ApiResult<Response> {
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let meta = tx
+        .query_opt(
+            "SELECT content_type, size_bytes FROM s2t.recording_audio WHERE recording_id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("recording audio"))?;
+    tx.commit().await?;
+    drop(c);
+    let (kind, len): (String, i64) = (meta.get(0), meta.get(1));
+    let len = len as u64;
+    let answer = range::parse(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        len,
+    );
+    let (status, start, end) = match answer {
+        RangeAnswer::Full => (StatusCode::OK, 0, len.saturating_sub(1)),
+        RangeAnswer::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        RangeAnswer::Unsatisfiable => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response())
+        }
+    };
+    // Read the slice in 1 MiB pieces (substring on uncompressed TOAST
+    // fetches only the chunks it needs), so memory stays flat.
+    let (tx_chunks, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        let result: ApiResult<()> = async {
+            let mut c = client(&pool).await?;
+            let tx = begin_as(&mut c, user).await?;
+            let mut at = start as i64;
+            while len > 0 && at <= end as i64 {
+                let n = AUDIO_CHUNK.min(end as i64 - at + 1);
+                let piece: Vec<u8> = tx
+                    .query_one(
+                        "SELECT substring(data FROM $2::int FOR $3::int) FROM s2t.recording_audio WHERE recording_id = $1",
+                        &[&id, &((at + 1) as i32), &(n as i32)],
+                    )
+                    .await?
+                    .get(0);
+                at += n;
+                if tx_chunks.send(Ok(Bytes::from(piece))).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tx_chunks
+                .send(Err(std::io::Error::other(e.problem.detail)))
+                .await;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut res = Response::new(HttpBody::from_stream(stream));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        kind.parse()
+            .unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    h.insert(header::CONTENT_LENGTH, count.into());
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{len}").parse().expect("ascii"),
+        );
+    }
+    Ok(res)
+}
+
+fn sse_event(e: &crate::events::RecordingEvent) -> Event {
+    Event::default()
+        .event("status")
+        .json_data(e)
+        .expect("events serialise")
+}
+
+async fn current_event(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+) -> ApiResult<crate::events::RecordingEvent> {
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let r = load_recording(&tx, id).await?;
+    tx.commit().await?;
+    Ok(crate::events::RecordingEvent {
+        recording_id: id,
+        user_id: Some(user),
+        status: r.get(3),
+        progress: r.get(9),
+        failure_reason: r.get(7),
+    })
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    RecordingId(id): RecordingId,
+) -> ApiResult<impl IntoResponse> {
+    // Subscribe before reading, so no change falls between the two.
+    let mut notifications = state.events.subscribe();
+    let first = current_event(&state, user, id).await?;
+    let (out, rx) = tokio::sync::mpsc::channel::<Event>(16);
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut last = first.clone();
+        if out.send(sse_event(&first)).await.is_err() || first.is_final() {
+            return;
+        }
+        // A safety net for notifications lost while the listener reconnects.
+        let mut recheck = tokio::time::interval(std::time::Duration::from_secs(15));
+        recheck.tick().await;
+        loop {
+            let next = tokio::select! {
+                _ = out.closed() => return,
+                n = notifications.recv() => match n {
+                    Ok(e) if e.recording_id == id => Some(e),
+                    Ok(_) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => current_event(&st, user, id).await.ok(),
+                    Err(_) => return,
+                },
+                _ = recheck.tick() => current_event(&st, user, id).await.ok(),
+            };
+            let Some(mut e) = next else { continue };
+            e.user_id = None;
+            if e.status == last.status && e.progress == last.progress {
+                continue;
+            }
+            last = e.clone();
+            if out.send(sse_event(&e)).await.is_err() || e.is_final() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

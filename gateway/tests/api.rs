@@ -1,0 +1,126 @@
+//! The gateway end to end with the worker: real HTTP, real audio, the
+//! release worker with tiny.en. Run through `make test`.
+
+mod common;
+
+use common::{speech_wav, stack};
+use reqwest::StatusCode;
+
+const SPOKEN: &str =
+    "Please check the weather report before you drive to the mountains this weekend.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_to_transcript_download() {
+    let s = stack(50 * 1024 * 1024, true).await;
+    let (token, _) = s.user("ann").await;
+    let (status, body) = s.upload(&token, speech_wav(SPOKEN), "en").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+
+    let events = s.follow(&token, &id).await;
+    let last = events.last().expect("at least one event");
+    assert_eq!(last["status"], "done", "{events:?}");
+    assert!(events.iter().all(|e| e["recording_id"] == id.as_str()));
+    assert!(
+        events.iter().all(|e| e.get("user_id").is_none()),
+        "no internals in events"
+    );
+
+    let (st, rec) = s.get_json(&format!("/recordings/{id}"), &token).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(rec["status"], "done");
+    assert_eq!(rec["language"], "en");
+    assert!(rec["duration_ms"].as_i64().unwrap() > 3000);
+    assert!(!rec["segments"].as_array().unwrap().is_empty());
+
+    let res = s
+        .get(&format!("/recordings/{id}/transcript.txt"), &token)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let disposition = res.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        disposition.starts_with("attachment; filename=\"recording-")
+            && disposition.ends_with(".txt\"")
+    );
+    let text = res.text().await.unwrap().to_lowercase();
+    for word in ["weather", "report", "mountains", "weekend"] {
+        assert!(text.contains(word), "{word} missing from {text:?}");
+    }
+    let srt = s
+        .get(&format!("/recordings/{id}/transcript.srt"), &token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let first: Vec<&str> = srt.lines().take(3).collect();
+    assert_eq!(first[0], "1");
+    assert!(
+        first[1].len() == 29 && first[1].contains(" --> ") && first[1].contains(','),
+        "{srt}"
+    );
+    let vtt = s
+        .get(&format!("/recordings/{id}/transcript.vtt"), &token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(vtt.starts_with("WEBVTT\n\n"));
+    assert!(vtt.lines().nth(2).unwrap().contains(" --> "));
+
+    // Playback with Range.
+    let res = s
+        .http
+        .get(s.url(&format!("/recordings/{id}/audio")))
+        .bearer_auth(&token)
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(res.headers()["content-range"]
+        .to_str()
+        .unwrap()
+        .starts_with("bytes 0-3/"));
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"RIFF");
+
+    let (_, list) = s.get_json("/recordings?status=done", &token).await;
+    assert_eq!(list["recordings"][0]["id"], id.as_str());
+    let del = s
+        .http
+        .delete(s.url(&format!("/recordings/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::NO_CONTENT);
+    let (st, _) = s.get_json(&format!("/recordings/{id}"), &token).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_is_not_audio_fails_with_a_reason() {
+    let s = stack(50 * 1024 * 1024, true).await;
+    let (token, _) = s.user("bob").await;
+    let (status, body) = s
+        .upload(&token, b"this is a text file, not audio".repeat(40), "en")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let events = s.follow(&token, &id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "failed");
+    assert!(
+        last["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("not audio"),
+        "{last}"
+    );
+    let res = s
+        .get(&format!("/recordings/{id}/transcript.txt"), &token)
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+}

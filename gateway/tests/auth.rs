@@ -1,0 +1,489 @@
+//! The gateway end to end without the worker: auth, tokens, quotas, limits
+//! and isolation, over real HTTP against the real database.
+
+mod common;
+
+use common::{stack, SECRET};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_validates_every_field_and_refuses_duplicates() {
+    let s = stack(1 << 20, false).await;
+    let (st, body) = s
+        .post_json(
+            "/auth/register",
+            json!({"email": "not-an-email", "user_name": "a b", "password": "short"}),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["status"], 422);
+    for field in ["email", "user_name", "password"] {
+        assert!(body["errors"][field].is_string(), "{field}: {body}");
+    }
+    s.user("cat").await;
+    for (email, name, field) in [
+        ("cat@example.com", "other", "email"),
+        ("other@example.com", "CAT", "user_name"),
+    ] {
+        let (st, body) = s
+            .post_json(
+                "/auth/register",
+                json!({"email": email, "user_name": name, "password": "a good password"}),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{body}");
+        assert!(body["errors"][field].is_string(), "{body}");
+    }
+    // The stored hash is argon2id, never the password.
+    let hash: String =
+        s.db.admin
+            .query_one(
+                "SELECT password_hash FROM s2t.users WHERE user_name = 'cat'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert!(hash.starts_with("$argon2id$"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_by_email_or_name_and_the_token_shape() {
+    let s = stack(1 << 20, false).await;
+    s.user("dan").await;
+    for login in ["dan", "DAN@example.com"] {
+        let res = s
+            .http
+            .post(s.url("/auth/login"))
+            .json(&json!({"login": login, "password": "a good password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        let t: Value = res.json().await.unwrap();
+        assert_eq!(t["token_type"], "Bearer");
+        assert_eq!(t["expires_in"], 900);
+        assert_eq!(t["access_token"].as_str().unwrap().split('.').count(), 3);
+        assert_eq!(t["refresh_token"].as_str().unwrap().len(), 43);
+        let (st, me) = s.get_json("/me", t["access_token"].as_str().unwrap()).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(me["user_name"], "dan");
+        assert_eq!(me["plan"], "FREE");
+    }
+    let (st, body) = s.login("dan", "wrong password").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["detail"], "wrong login or password");
+    let (st, _) = s.login("nobody", "whatever1").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "unknown users look the same");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_logins_are_throttled() {
+    let s = stack(1 << 20, false).await;
+    s.user("eve").await;
+    for _ in 0..5 {
+        let (st, _) = s.login("eve", "guess guess").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+    let (st, _) = s.login("eve", "guess guess").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // Now even the right password waits.
+    let res = s
+        .http
+        .post(s.url("/auth/login"))
+        .json(&json!({"login": "eve", "password": "a good password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("too many failed logins"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let s = stack(1 << 20, false).await;
+    let (_, first) = s.user("fay").await;
+    let (st, second) = s.refresh(&first).await;
+    assert_eq!(st, StatusCode::OK, "{second}");
+    let second_refresh = second["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second_refresh, first);
+    assert_eq!(
+        s.get_json("/me", second["access_token"].as_str().unwrap())
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // The first token comes back: someone copied it. The whole session ends.
+    let (st, body) = s.refresh(&first).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["detail"].as_str().unwrap().contains("already used"),
+        "{body}"
+    );
+    let (st, _) = s.refresh(&second_refresh).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "the rotated-to token died with its family"
+    );
+
+    // Logout revokes a live session.
+    let (_, t) = s.login("fay", "a good password").await;
+    let live = t["refresh_token"].as_str().unwrap();
+    let (st, _) = s
+        .post_json("/auth/logout", json!({"refresh_token": live}), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, body) = s.refresh(live).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["detail"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    let (st, _) = s.refresh("made-up").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_token_gets_401_with_its_reason() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let s = stack(1 << 20, false).await;
+    let (good, _) = s.user("gus").await;
+    let user: uuid::Uuid = s.get_json("/me", &good).await.1["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let keys = s2t_gateway::tokens::JwtKeys::new(SECRET.as_bytes());
+    let expired = keys.issue(user, now - 2000, 900);
+    let forged = s2t_gateway::tokens::JwtKeys::new(b"someone else's secret, 32+ bytes!")
+        .issue(user, now, 900);
+    let payload = good.split('.').nth(1).unwrap();
+    let none = format!(
+        "{}.{payload}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#)
+    );
+    let cases = [
+        (None, "missing Authorization"),
+        (Some("Basic abc".to_string()), "Bearer"),
+        (Some("Bearer not.a.jwt".to_string()), "malformed"),
+        (Some(format!("Bearer {expired}")), "expired"),
+        (Some(format!("Bearer {forged}")), "signature"),
+        (Some(format!("Bearer {none}")), "\"none\""),
+    ];
+    for (header, reason) in cases {
+        let mut req = s.http.get(s.url("/me"));
+        if let Some(h) = &header {
+            req = req.header("authorization", h);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{header:?}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert!(res.headers().contains_key("www-authenticate"));
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains(reason),
+            "{header:?}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quota_uploads_are_refused_with_nothing_created() {
+    let s = stack(1 << 20, false).await;
+    let (token, _) = s.user("hal").await;
+    s.db.admin
+        .batch_execute(
+            "INSERT INTO s2t.plans (code, name, monthly_minutes, monthly_usage_limit) VALUES ('ONE', 'One', 60, 1);
+             UPDATE s2t.user_subscriptions SET plan_id = (SELECT id FROM s2t.plans WHERE code = 'ONE');",
+        )
+        .await
+        .unwrap();
+    let (st, body) = s.upload(&token, b"RIFF....".repeat(100), "en").await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![7u8; 2000]).file_name("b.wav"),
+    );
+    let res = s
+        .http
+        .post(s.url("/recordings"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 32 * 86_400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "S2Q01");
+    assert_eq!(body["limit"], "monthly_usage_limit");
+    assert_eq!(body["limit_value"], 1);
+    assert!(body["resets_at"].as_str().unwrap().ends_with('Z'));
+    assert!(body["detail"].as_str().unwrap().contains("resets at"));
+    assert_eq!(s.count("SELECT count(*) FROM s2t.recordings").await, 1);
+    assert_eq!(s.count("SELECT count(*) FROM s2t.recording_audio").await, 1);
+    assert_eq!(
+        std::fs::read_dir(&s.spool).unwrap().count(),
+        0,
+        "spool cleaned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upload_gets_413_and_stores_nothing() {
+    let s = stack(100_000, false).await;
+    let (token, _) = s.user("ida").await;
+    let (st, body) = s.upload(&token, vec![1u8; 300_000], "en").await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("100000 bytes"));
+    // Without a Content-Length the limit is enforced while streaming.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..30).map(|_| Ok(vec![2u8; 10_000])).collect();
+    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(
+        futures_util::stream::iter(chunks),
+    ))
+    .file_name("big.wav");
+    let res = s
+        .http
+        .post(s.url("/recordings"))
+        .bearer_auth(&token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await;
+    if let Ok(res) = res {
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    assert_eq!(s.count("SELECT count(*) FROM s2t.recordings").await, 0);
+    assert_eq!(s.count("SELECT count(*) FROM s2t.recording_audio").await, 0);
+    let used: i32 =
+        s.db.admin
+            .query_one("SELECT usage_count FROM s2t.user_subscriptions", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(used, 0, "nothing charged");
+    assert_eq!(
+        std::fs::read_dir(&s.spool).unwrap().count(),
+        0,
+        "spool cleaned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_recording_is_404_on_every_endpoint() {
+    let s = stack(1 << 20, false).await;
+    let (ann, _) = s.user("jan").await;
+    let (bob, _) = s.user("ken").await;
+    let (st, body) = s.upload(&ann, b"RIFF....".repeat(100), "en").await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let id = body["id"].as_str().unwrap();
+    for path in [
+        format!("/recordings/{id}"),
+        format!("/recordings/{id}/events"),
+        format!("/recordings/{id}/transcript.txt"),
+        format!("/recordings/{id}/transcript.srt"),
+        format!("/recordings/{id}/audio"),
+    ] {
+        let res = s.get(&path, &bob).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        // The owner sees it (the transcript is not ready yet: 409).
+        let own = s.get(&path, &ann).await.status();
+        assert!(
+            own == StatusCode::OK || own == StatusCode::CONFLICT,
+            "{path}: {own}"
+        );
+    }
+    let res = s
+        .http
+        .delete(s.url(&format!("/recordings/{id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let (_, list) = s.get_json("/recordings", &bob).await;
+    assert_eq!(list["recordings"].as_array().unwrap().len(), 0);
+    let (_, list) = s.get_json("/recordings", &ann).await;
+    assert_eq!(list["recordings"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        s.count("SELECT count(*) FROM s2t.recordings").await,
+        1,
+        "still there"
+    );
+    // Nonsense ids are 404 too, not 400 or 500.
+    assert_eq!(
+        s.get("/recordings/not-a-uuid", &bob).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_stats_plans_and_listing() {
+    let s = stack(1 << 20, false).await;
+    let (token, _) = s.user("lea").await;
+    let res = s
+        .http
+        .patch(s.url("/me"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Léa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["name"], "Léa");
+
+    // Avatar: checked by content, served back at avatar_url.
+    let png = b"\x89PNG\r\n\x1a\n0000IHDR-rest-of-image".to_vec();
+    let res = s
+        .http
+        .put(s.url("/me/avatar"))
+        .bearer_auth(&token)
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let url = res.json::<Value>().await.unwrap()["avatar_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let got = s.get(&url, &token).await;
+    assert_eq!(got.headers()["content-type"], "image/png");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), png.as_slice());
+    let res = s
+        .http
+        .put(s.url("/me/avatar"))
+        .bearer_auth(&token)
+        .header("content-type", "image/png")
+        .body("<svg/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let res = s
+        .http
+        .put(s.url("/me/avatar"))
+        .bearer_auth(&token)
+        .body(vec![0xFFu8; 3 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let (st, plans) = s.get_json("/plans", &token).await;
+    assert_eq!(st, StatusCode::OK);
+    let codes: Vec<&str> = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["FREE", "BASIC", "PREMIUM", "ENTERPRISE"]);
+    let (st, body) = s
+        .post_json("/me/plan", json!({"plan_code": "PREMIUM"}), Some(&token))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["me"]["plan"], "PREMIUM");
+    assert_eq!(
+        s.post_json("/me/plan", json!({"plan_code": "PREMIUM"}), Some(&token))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        s.post_json("/me/plan", json!({"plan_code": "GOLD"}), Some(&token))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    for _ in 0..3 {
+        assert_eq!(
+            s.upload(&token, b"RIFF....".repeat(10), "vi").await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let (_, stats) = s.get_json("/me/stats", &token).await;
+    assert_eq!(stats["current_cycle_usage"], 3);
+    assert_eq!(stats["plan_code"], "PREMIUM");
+    assert!(stats["quota_usage_percent"].as_f64().unwrap() > 0.0);
+    assert!(stats["resets_at"].is_string());
+    // Two pages of two, newest first, no overlap.
+    let (_, p1) = s.get_json("/recordings?limit=2", &token).await;
+    assert_eq!(p1["recordings"].as_array().unwrap().len(), 2);
+    let cursor = p1["next_cursor"].as_str().unwrap();
+    let (_, p2) = s
+        .get_json(&format!("/recordings?limit=2&cursor={cursor}"), &token)
+        .await;
+    assert_eq!(p2["recordings"].as_array().unwrap().len(), 1);
+    assert!(p2["next_cursor"].is_null());
+    assert_ne!(p1["recordings"][1]["id"], p2["recordings"][0]["id"]);
+    assert!(
+        p1["recordings"][0]["created_at"].as_str() >= p1["recordings"][1]["created_at"].as_str()
+    );
+    assert_eq!(
+        s.get("/recordings?cursor=garbage", &token).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.get("/recordings?status=weird", &token).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_json_404() {
+    let s = stack(1 << 20, false).await;
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let res = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["extension"],
+        env!("CARGO_PKG_VERSION")
+    );
+    let res = s.http.get(s.url("/nope")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert!(res.headers().contains_key("x-request-id"));
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "s2t_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("s2t_queue_jobs{state=\"queued\"} 0"),
+        "{text}"
+    );
+}

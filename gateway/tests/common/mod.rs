@@ -1,0 +1,207 @@
+//! The test stack: a database cloned from the template with pg_s2t, the
+//! gateway bound to a loopback port, and (when asked) the release worker.
+#![allow(dead_code)]
+
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, StatusCode};
+use s2t_gateway::{AppState, Config};
+use s2t_tests::{TestDb, APP_LOGIN};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
+
+pub struct Stack {
+    pub db: TestDb,
+    pub base: String,
+    pub http: Client,
+    pub spool: PathBuf,
+    pub worker: Option<std::process::Child>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.spool);
+    }
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("s2t-gw-{tag}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub async fn stack(max_upload_bytes: u64, with_worker: bool) -> Stack {
+    let db = TestDb::new().await;
+    let spool = temp_dir("spool");
+    let config = Config {
+        database_url: db.url(APP_LOGIN),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        jwt_secret: Some(SECRET.into()),
+        dev: false,
+        access_ttl_secs: 900,
+        refresh_ttl_secs: 3600,
+        max_upload_bytes,
+        cors_origins: vec![],
+        spool_dir: Some(spool.clone()),
+        db_pool: 4,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(config).expect("gateway state");
+    tokio::spawn(s2t_gateway::run(listener, state, std::future::pending()));
+    let worker = with_worker.then(|| {
+        let bin = std::env::var("S2T_WORKER_BIN").expect("make test sets S2T_WORKER_BIN");
+        s2t_tests::worker_command(bin.as_ref(), &db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the worker")
+    });
+    Stack {
+        db,
+        base,
+        http: Client::new(),
+        spool,
+        worker,
+    }
+}
+
+impl Stack {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: Value,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let res = self.get(path, token).await;
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> (StatusCode, Value) {
+        self.post_json(
+            "/auth/login",
+            json!({"login": login, "password": password}),
+            None,
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, token: &str) -> (StatusCode, Value) {
+        self.post_json("/auth/refresh", json!({"refresh_token": token}), None)
+            .await
+    }
+
+    /// Register and log in; returns (access, refresh).
+    pub async fn user(&self, name: &str) -> (String, String) {
+        let (s, body) = self
+            .post_json(
+                "/auth/register",
+                json!({"email": format!("{name}@example.com"), "user_name": name,
+                       "password": "a good password", "name": format!("Name {name}")}),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let (s, tokens) = self
+            .post_json(
+                "/auth/login",
+                json!({"login": name, "password": "a good password"}),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{tokens}");
+        (
+            tokens["access_token"].as_str().unwrap().to_string(),
+            tokens["refresh_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn upload(&self, token: &str, bytes: Vec<u8>, language: &str) -> (StatusCode, Value) {
+        let form = Form::new().text("language", language.to_string()).part(
+            "file",
+            Part::bytes(bytes)
+                .file_name("speech.wav")
+                .mime_str("audio/wav")
+                .unwrap(),
+        );
+        let res = self
+            .http
+            .post(self.url("/recordings"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Follow the SSE stream to a final status; returns every event.
+    pub async fn follow(&self, token: &str, id: &str) -> Vec<Value> {
+        use futures_util::StreamExt;
+        let res = self.get(&format!("/recordings/{id}/events"), token).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let mut stream = res.bytes_stream();
+        let mut buf = String::new();
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    events.push(serde_json::from_str::<Value>(data).unwrap());
+                }
+            }
+        }
+        events
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db.admin.query_one(sql, &[]).await.unwrap().get(0)
+    }
+}
+
+/// espeak-ng English as WAV bytes.
+pub fn speech_wav(text: &str) -> Vec<u8> {
+    let dir = temp_dir("speech");
+    let wav = s2t_tests::speech_wav(text, "en-us", 0.5, &dir, "speech");
+    let bytes = std::fs::read(&wav).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    bytes
+}

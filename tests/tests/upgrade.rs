@@ -1,0 +1,105 @@
+//! Upgrades: a database created at 0.1.0 and updated with `ALTER EXTENSION
+//! pg_s2t UPDATE` must end with exactly the catalog of a fresh install of
+//! the current version: functions (with security, settings, body and
+//! privileges), columns, relations, indexes, policies, triggers, constraints,
+//! comments and seed data. Privileges compare as sets (grant order differs).
+
+use s2t_tests::*;
+
+const SNAPSHOT: &str = r#"
+SELECT kind, name, def FROM (
+  SELECT 'function' AS kind, p.oid::regprocedure::text AS name,
+         concat_ws(' | ', pg_get_function_result(p.oid), p.prosecdef, p.provolatile,
+                   array_to_string(p.proconfig, ','), md5(p.prosrc),
+                   (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(p.proacl) a), obj_description(p.oid, 'pg_proc')) AS def
+    FROM pg_proc p WHERE p.pronamespace = 's2t'::regnamespace
+  UNION ALL
+  SELECT 'column', c.relname || '.' || a.attname,
+         concat_ws(' | ', a.attnum, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                   pg_get_expr(d.adbin, d.adrelid), a.attgenerated, a.attstorage,
+                   (SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(a.attacl) x))
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+   WHERE c.relnamespace = 's2t'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+     AND c.relkind IN ('r', 'v', 'm', 'p')
+  UNION ALL
+  SELECT 'relation', c.relname,
+         concat_ws(' | ', c.relkind, c.relpersistence, c.relrowsecurity,
+                   (SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(c.relacl) x), array_to_string(c.reloptions, ','),
+                   obj_description(c.oid, 'pg_class'))
+    FROM pg_class c WHERE c.relnamespace = 's2t'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p', 'S')
+  UNION ALL
+  SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = 's2t'
+  UNION ALL
+  SELECT 'policy', tablename || '.' || policyname,
+         concat_ws(' | ', roles::text, cmd, permissive, qual, with_check)
+    FROM pg_policies WHERE schemaname = 's2t'
+  UNION ALL
+  SELECT 'trigger', tgrelid::regclass::text || '.' || tgname, pg_get_triggerdef(oid)
+    FROM pg_trigger WHERE NOT tgisinternal
+     AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 's2t'::regnamespace)
+  UNION ALL
+  SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+    FROM pg_constraint WHERE connamespace = 's2t'::regnamespace
+  UNION ALL
+  SELECT 'plan', code, concat_ws(' | ', name, description, plan_type, plan_cost, monthly_minutes, monthly_usage_limit)
+    FROM s2t.plans
+  UNION ALL
+  SELECT 'extension', extname, extversion FROM pg_extension WHERE extname = 'pg_s2t'
+) s ORDER BY 1, 2, 3
+"#;
+
+async fn snapshot(client: &tokio_postgres::Client) -> Vec<(String, String, String)> {
+    client
+        .query(SNAPSHOT, &[])
+        .await
+        .expect("catalog snapshot")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn upgrading_from_0_1_0_matches_a_fresh_install() {
+    let fresh = TestDb::new().await;
+    let old = TestDb::empty().await;
+    old.admin
+        .batch_execute("CREATE EXTENSION pg_s2t VERSION '0.1.0' CASCADE")
+        .await
+        .expect("0.1.0 installs from its frozen script");
+    let before: String = old
+        .admin
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_s2t'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, "0.1.0");
+    // A user and a recording made at 0.1.0 survive the upgrade.
+    let user = register(&old.admin, "olga").await;
+    old.admin
+        .batch_execute("ALTER EXTENSION pg_s2t UPDATE")
+        .await
+        .expect("upgrade");
+    let (want, got) = (snapshot(&fresh.admin).await, snapshot(&old.admin).await);
+    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).collect();
+    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "fresh install has, upgrade lacks: {missing:#?}\nupgrade has, fresh install lacks: {extra:#?}"
+    );
+    assert!(
+        want.len() > 200,
+        "the snapshot sees the schema ({} rows)",
+        want.len()
+    );
+    let n: i64 = old
+        .admin
+        .query_one("SELECT count(*) FROM s2t.users WHERE id = $1", &[&user])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
