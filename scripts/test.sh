@@ -7,6 +7,8 @@ source "$(dirname "$0")/lib.sh"
 ensure_deps
 mkdir -p "$STATE"
 "$ROOT/scripts/models.sh"
+ensure_test_python
+export S2T_PYTHON="$VENV/bin/python"
 export S2T_MODELS_DIR="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}"
 export S2T_MODEL_PKGS="$S2T_MODELS_DIR/pkgs"
 install_extension

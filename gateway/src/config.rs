@@ -35,6 +35,22 @@ pub struct Config {
     /// Where uploads are spooled before they go into the database.
     #[arg(long, env = "S2T_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// Models the workers have installed, as clients name them (an `.en`
+    /// name is the English model). `whisper-1` means the default choice.
+    #[arg(
+        long,
+        env = "S2T_MODEL_NAMES",
+        value_delimiter = ',',
+        default_value = "tiny.en,base"
+    )]
+    pub model_names: Vec<String>,
+    /// Largest file `POST /v1/audio/transcriptions` accepts (it answers
+    /// synchronously).
+    #[arg(long, env = "S2T_SYNC_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub sync_max_bytes: u64,
+    /// How long a synchronous transcription may wait for the worker.
+    #[arg(long, env = "S2T_SYNC_TIMEOUT_SECS", default_value_t = 600)]
+    pub sync_timeout_secs: u64,
     /// Database connections in the pool.
     #[arg(long, env = "S2T_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,

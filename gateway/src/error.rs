@@ -119,7 +119,9 @@ impl From<tokio_postgres::Error> for ApiError {
         let code = db.code().code();
         let status = s2t_core::sqlstate::http_status(code).or(match code {
             "23505" => Some(409),
-            "22P02" | "22001" | "22003" | "23514" => Some(422),
+            // Malformed values, too long, out of range, a check failed,
+            // NUL or an unencodable character in text.
+            "22P02" | "22001" | "22003" | "23514" | "22021" | "22P05" => Some(422),
             _ => None,
         });
         let Some(status) = status.and_then(|s| StatusCode::from_u16(s).ok()) else {

@@ -9,7 +9,8 @@
 //! - Pure logic with unit tests: [`tokens`] (passwords, JWTs, refresh
 //!   tokens), [`throttle`], [`cursor`], [`range`], [`transcript`].
 //! - [`error`]: problem details and the SQLSTATE → HTTP mapping;
-//!   [`events`]: LISTEN/NOTIFY fan-out for Server-Sent Events.
+//!   [`events`]: LISTEN/NOTIFY fan-out for Server-Sent Events;
+//!   [`openapi`]: the API description at `/openapi.json` and `/docs`.
 
 pub mod config;
 pub mod cursor;
@@ -17,6 +18,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod observe;
+pub mod openapi;
 pub mod range;
 pub mod routes;
 pub mod throttle;

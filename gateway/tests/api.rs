@@ -124,3 +124,93 @@ async fn an_upload_that_is_not_audio_fails_with_a_reason() {
         .await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_round_trip() {
+    let s = stack(50 * 1024 * 1024, true).await;
+    let (token, _) = s.user("oli").await;
+    let dir = common::temp_dir("openai");
+    let wav = dir.join("speech.wav");
+    std::fs::write(&wav, speech_wav(SPOKEN)).unwrap();
+    let python = std::env::var("S2T_PYTHON").expect("make test sets S2T_PYTHON");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let (base, t, w) = (s.base.clone(), token.clone(), wav.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(&w)
+            .env("BASE_URL", base)
+            .env("TOKEN", t)
+            .output()
+            .expect("run the openai client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["json", "text"] {
+        let text = r[key].as_str().unwrap().to_lowercase();
+        assert!(
+            text.contains("weather") && text.contains("mountains"),
+            "{key}: {text}"
+        );
+    }
+    assert_eq!(r["verbose"]["language"], "en");
+    assert!(r["verbose"]["duration"].as_f64().unwrap() > 3.0);
+    let segs = r["verbose"]["segments"].as_array().unwrap();
+    assert!(!segs.is_empty());
+    assert!(segs[0][0].as_f64().unwrap() <= segs[0][1].as_f64().unwrap());
+    let srt = r["srt"].as_str().unwrap();
+    assert!(srt.starts_with("1\n00:00:"), "{srt}");
+    assert!(srt.to_lowercase().contains("weather"));
+    assert_eq!(r["bad_model"], 400);
+    // Four transcriptions, counted against the same quota as uploads.
+    let (_, stats) = s.get_json("/me/stats", &token).await;
+    assert_eq!(stats["current_cycle_usage"], 4);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Schemathesis (PyPI) generates requests from /openapi.json, valid and
+/// not; whatever it sends, the gateway must not answer 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_fuzz_pass_finds_no_server_errors() {
+    let s = stack(1 << 20, true).await;
+    let (token, _) = s.user("fuzz").await;
+    let schemathesis =
+        std::path::Path::new(&std::env::var("S2T_PYTHON").expect("make test sets S2T_PYTHON"))
+            .with_file_name("schemathesis");
+    let report = common::temp_dir("fuzz");
+    let (url, header, dir) = (
+        s.url("/openapi.json"),
+        format!("Authorization: Bearer {token}"),
+        report.clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(schemathesis)
+            .args(["run", &url, "--checks", "not_a_server_error", "-H", &header])
+            .args(["--max-examples", "10", "--seed", "7", "--workers", "1"])
+            .args(["--phases", "examples,coverage,fuzzing", "--no-color"])
+            .args(["--generation-database", ":memory:"])
+            .args(["--request-timeout", "60", "--max-time", "90"])
+            .arg("--report-dir")
+            .arg(&dir)
+            .env("SCHEMATHESIS_HOOKS", "")
+            .output()
+            .expect("run schemathesis")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It really exercised the API.
+    assert!(stdout.contains("passed"), "{stdout}");
+    std::fs::remove_dir_all(&report).ok();
+}

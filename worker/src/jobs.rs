@@ -14,6 +14,12 @@ pub struct Claim {
     pub lease_token: Uuid,
     pub language: String,
     pub audio_uri: Option<String>,
+    /// `meta.model`, when the client named one (the OpenAI-compatible
+    /// endpoint does): an `.en` name asks for the English model, any other
+    /// for the multilingual one.
+    pub model: Option<String>,
+    /// `meta.prompt`: text that conditions the first window (names, terms).
+    pub prompt: Option<String>,
 }
 
 /// The SQLSTATE the extension raises when a lease is gone.
@@ -35,7 +41,8 @@ pub async fn claim(
 ) -> Result<Option<Claim>, PgError> {
     let row = client
         .query_opt(
-            "SELECT job_id, recording_id, attempt, lease_token, coalesce(language, 'vi'), audio_uri
+            "SELECT job_id, recording_id, attempt, lease_token, coalesce(language, 'vi'), audio_uri,
+                    meta ->> 'model', meta ->> 'prompt'
                FROM s2t.claim_job($1, $2::text::interval)",
             &[&worker, &interval(lease_secs)],
         )
@@ -47,6 +54,8 @@ pub async fn claim(
         lease_token: r.get(3),
         language: r.get(4),
         audio_uri: r.get(5),
+        model: r.get(6),
+        prompt: r.get(7),
     }))
 }
 

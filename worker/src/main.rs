@@ -131,11 +131,9 @@ fn transcribe_files(args: TranscribeArgs) -> anyhow::Result<()> {
     let budget = args.threads.unwrap_or_else(cores).clamp(1, cores());
     let parallel = args.parallel.clamp(1, budget);
     let options = s2t_worker::asr::TranscribeOptions {
-        language: args.language.clone(),
-        threads: (budget / parallel) as i32,
         beam_size: args.beam_size.max(1),
-        cancel: None,
         fit_audio_ctx: args.fit_audio_ctx,
+        ..s2t_worker::asr::TranscribeOptions::new(args.language.clone(), (budget / parallel) as i32)
     };
     let next = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);

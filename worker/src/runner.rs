@@ -278,6 +278,8 @@ async fn process(
         beam_size: s.beam_size,
         cancel: Some(cancel.clone()),
         fit_audio_ctx: s.fit_audio_ctx,
+        multilingual: claim.model.as_deref().is_some_and(|m| !m.ends_with(".en")),
+        prompt: claim.prompt.clone(),
     };
     let engine = shared.engine.clone();
     let p = progress.clone();

@@ -17,15 +17,12 @@ fn engine() -> Engine {
 
 fn opts(language: &str) -> TranscribeOptions {
     TranscribeOptions {
-        language: language.into(),
-        threads: 2,
-        beam_size: 5,
         // An unset flag must not disturb decoding (whisper-rs's safe abort
         // callback did).
         cancel: Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
             false,
         ))),
-        fit_audio_ctx: true,
+        ..TranscribeOptions::new(language, 2)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod me;
+mod openai;
 mod ops;
 mod recordings;
 
@@ -22,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi_json))
+        .route("/docs", get(ops::docs))
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
@@ -47,6 +50,10 @@ pub fn router(state: AppState) -> Router {
             get(recordings::get_one).delete(recordings::delete),
         )
         .route("/recordings/{id}/events", get(recordings::events))
+        .route(
+            "/v1/audio/transcriptions",
+            post(openai::transcriptions).layer(DefaultBodyLimit::disable()),
+        )
         .route("/recordings/{id}/{file}", get(recordings::download))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(

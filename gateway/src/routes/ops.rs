@@ -60,3 +60,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
+
+pub async fn openapi_json() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+pub async fn docs() -> axum::response::Html<String> {
+    axum::response::Html(crate::openapi::html(&crate::openapi::document()))
+}

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 /// An upload on disk, removed when dropped.
-struct Spooled {
+pub(super) struct Spooled {
     path: PathBuf,
     size: u64,
     content_type: String,
@@ -134,13 +134,20 @@ async fn copy_audio(
     Ok(())
 }
 
-pub async fn upload(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    headers: HeaderMap,
+/// A multipart upload: the spooled `file` and the other (short) text fields.
+pub(super) struct Received {
+    pub upload: Spooled,
+    pub fields: std::collections::HashMap<String, String>,
+}
+
+/// Read a multipart body: `file` streams to the spool directory (refused
+/// over `limit`), every other field is kept as text (at most 4 KiB each).
+pub(super) async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
     mut multipart: Multipart,
-) -> ApiResult<Response> {
-    let limit = state.config.max_upload_bytes;
+    limit: u64,
+) -> ApiResult<Received> {
     // An honest Content-Length over the limit is refused before reading.
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -154,16 +161,20 @@ pub async fn upload(
         .spool_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("s2t-spool"));
-    let mut language: Option<String> = None;
+    let mut fields = std::collections::HashMap::new();
     let mut upload: Option<Spooled> = None;
     while let Some(field) = multipart.next_field().await.map_err(bad_multipart)? {
-        match field.name() {
-            Some("file") if upload.is_none() => upload = Some(spool(field, &dir, limit).await?),
-            Some("language") => {
-                let text = field.text().await.map_err(bad_multipart)?;
-                language = Some(text.trim().to_lowercase()).filter(|l| !l.is_empty());
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" && upload.is_none() {
+            upload = Some(spool(field, &dir, limit).await?);
+        } else {
+            let text = field.text().await.map_err(bad_multipart)?;
+            if text.len() > 4096 {
+                return Err(ApiError::invalid(
+                    [(name, "at most 4096 bytes".to_string())].into(),
+                ));
             }
-            _ => {}
+            fields.insert(name, text);
         }
     }
     let Some(upload) = upload else {
@@ -180,10 +191,21 @@ pub async fn upload(
             [("file".to_string(), "the file is empty".to_string())].into(),
         ));
     }
-    let language = language.unwrap_or_else(|| "auto".into());
-    let meta = json!({
-        "filename": upload.filename, "content_type": upload.content_type, "size_bytes": upload.size,
-    });
+    Ok(Received { upload, fields })
+}
+
+/// Admit an upload against the quota and store its audio, in one
+/// transaction: over quota, nothing is created.
+pub(super) async fn admit(
+    state: &AppState,
+    user: Uuid,
+    upload: &Spooled,
+    language: &str,
+    mut meta: Value,
+) -> ApiResult<Uuid> {
+    meta["filename"] = json!(upload.filename);
+    meta["content_type"] = json!(upload.content_type);
+    meta["size_bytes"] = json!(upload.size);
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
     let id: Uuid = tx
@@ -193,9 +215,26 @@ pub async fn upload(
         )
         .await?
         .get(0);
-    copy_audio(&tx, id, &upload).await?;
+    copy_audio(&tx, id, upload).await?;
     tx.commit().await?;
     state.metrics.upload(upload.size);
+    Ok(id)
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> ApiResult<Response> {
+    let Received { upload, fields } =
+        receive(&state, &headers, multipart, state.config.max_upload_bytes).await?;
+    let language = fields
+        .get("language")
+        .map(|l| l.trim().to_lowercase())
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "auto".into());
+    let id = admit(&state, user, &upload, &language, json!({})).await?;
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/recordings/{id}"))],
@@ -289,7 +328,7 @@ pub async fn list(
     })))
 }
 
-async fn load_segments(
+pub(super) async fn load_segments(
     tx: &tokio_postgres::Transaction<'_>,
     id: Uuid,
 ) -> ApiResult<Vec<(Segment, Option<Value>)>> {
@@ -315,7 +354,7 @@ async fn load_segments(
         .collect())
 }
 
-async fn load_recording(
+pub(super) async fn load_recording(
     tx: &tokio_postgres::Transaction<'_>,
     id: Uuid,
 ) -> ApiResult<tokio_postgres::Row> {

@@ -43,6 +43,26 @@ pub struct TranscribeOptions {
     /// Encode only as much of the 30 s window as the speech needs (see
     /// [`fitted_audio_ctx`]).
     pub fit_audio_ctx: bool,
+    /// Use the multilingual model even for English.
+    pub multilingual: bool,
+    /// Text that conditions the first window (spellings of names, terms).
+    pub prompt: Option<String>,
+}
+
+impl TranscribeOptions {
+    /// Defaults for `language` on `threads` threads: beam 5,
+    /// fitted encoder context, the model chosen by language, no prompt.
+    pub fn new(language: impl Into<String>, threads: i32) -> TranscribeOptions {
+        TranscribeOptions {
+            language: language.into(),
+            threads,
+            beam_size: 5,
+            cancel: None,
+            fit_audio_ctx: true,
+            multilingual: false,
+            prompt: None,
+        }
+    }
 }
 
 /// Encoder frames per second of audio (one per 20 ms).
@@ -144,8 +164,8 @@ impl Engine {
         })
     }
 
-    fn model_for(&self, language: &str) -> Result<&Loaded, EngineError> {
-        let english_first = language == "en";
+    fn model_for(&self, language: &str, multilingual: bool) -> Result<&Loaded, EngineError> {
+        let english_first = language == "en" && !multilingual;
         let pick = if english_first {
             self.english.as_ref().or(self.multilingual.as_ref())
         } else {
@@ -161,7 +181,7 @@ impl Engine {
         opts: &TranscribeOptions,
         progress: impl FnMut(f32) + 'static,
     ) -> Result<Transcript, EngineError> {
-        let model = self.model_for(&opts.language)?;
+        let model = self.model_for(&opts.language, opts.multilingual)?;
         let duration_ms = (samples.len() * 1000 / vad::RATE) as i64;
         let (speech, map) = vad::speech_only(samples, VadPolicy::default());
         let speech_seconds = speech.len() as f64 / vad::RATE as f64;
@@ -200,6 +220,9 @@ impl Engine {
         };
         params.set_language(Some(language));
         params.set_token_timestamps(true);
+        if let Some(prompt) = opts.prompt.as_deref().filter(|p| !p.trim().is_empty()) {
+            params.set_initial_prompt(prompt);
+        }
         // Each 30 s window decodes on its own: conditioning on the previous
         // text is what lets one hallucination repeat for minutes.
         params.set_no_context(true);

@@ -1,0 +1,204 @@
+//! The OpenAPI 3.1 description of the gateway, served at `/openapi.json`,
+//! and a plain HTML page of it at `/docs` (no scripts from elsewhere).
+
+use serde_json::{json, Map, Value};
+
+fn problem() -> Value {
+    json!({"description": "Problem details", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn body(schema: Value) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": schema}}})
+}
+
+fn id_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}})
+}
+
+/// One operation: summary, tag, whether it needs a bearer token, extra
+/// fields (parameters, requestBody) and its answers besides the errors.
+fn op(summary: &str, tag: &str, secured: bool, extra: Value, responses: Value) -> Value {
+    let mut o = Map::new();
+    o.insert("summary".into(), json!(summary));
+    o.insert("tags".into(), json!([tag]));
+    if !secured {
+        o.insert("security".into(), json!([]));
+    }
+    if let Value::Object(extra) = extra {
+        o.extend(extra);
+    }
+    let mut r = responses.as_object().cloned().unwrap_or_default();
+    for code in ["400", "401", "404", "422", "429", "500"] {
+        r.entry(code.to_string()).or_insert_with(problem);
+    }
+    o.insert("responses".into(), Value::Object(r));
+    Value::Object(o)
+}
+
+pub fn document() -> Value {
+    let obj = json!({"type": "object"});
+    let recording = json!({"$ref": "#/components/schemas/Recording"});
+    let multipart = |fields: Value| {
+        json!({"required": true, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"], "properties": fields}}}})
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "pg_s2t gateway", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Speech to text on PostgreSQL. Errors are RFC 9457 problem details."},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": op("The process is up", "operations", false, json!({}), json!({"200": ok_json("up", obj.clone())}))},
+            "/readyz": {"get": op("The database answers and the extension has the expected version", "operations", false, json!({}),
+                json!({"200": ok_json("ready", obj.clone()), "503": problem()}))},
+            "/metrics": {"get": op("Prometheus metrics", "operations", false, json!({}),
+                json!({"200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
+            "/auth/register": {"post": op("Create an account on the FREE plan", "auth", false,
+                json!({"requestBody": body(json!({"type": "object", "required": ["email", "user_name", "password"],
+                    "properties": {"email": {"type": "string"}, "user_name": {"type": "string"},
+                                   "password": {"type": "string", "minLength": 8, "maxLength": 256},
+                                   "name": {"type": ["string", "null"]}}}))}),
+                json!({"201": ok_json("created", obj.clone()), "409": problem()}))},
+            "/auth/login": {"post": op("Exchange an e-mail or user name and password for tokens", "auth", false,
+                json!({"requestBody": body(json!({"type": "object", "required": ["login", "password"],
+                    "properties": {"login": {"type": "string"}, "password": {"type": "string"}}}))}),
+                json!({"200": ok_json("tokens", json!({"$ref": "#/components/schemas/Tokens"})), "403": problem()}))},
+            "/auth/refresh": {"post": op("Rotate a refresh token", "auth", false,
+                json!({"requestBody": body(json!({"type": "object", "required": ["refresh_token"],
+                    "properties": {"refresh_token": {"type": "string"}}}))}),
+                json!({"200": ok_json("tokens", json!({"$ref": "#/components/schemas/Tokens"})), "403": problem()}))},
+            "/auth/logout": {"post": op("Revoke a refresh token's session", "auth", false,
+                json!({"requestBody": body(json!({"type": "object", "properties": {"refresh_token": {"type": "string"}}}))}),
+                json!({"204": {"description": "revoked"}}))},
+            "/me": {
+                "get": op("The signed-in user", "users", true, json!({}), json!({"200": ok_json("profile", obj.clone())})),
+                "patch": op("Change the display name", "users", true,
+                    json!({"requestBody": body(json!({"type": "object", "properties": {"name": {"type": ["string", "null"]}}}))}),
+                    json!({"200": ok_json("profile", obj.clone())}))
+            },
+            "/me/avatar": {
+                "get": op("The avatar image", "users", true, json!({}),
+                    json!({"200": {"description": "image", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}})),
+                "put": op("Upload an avatar (PNG, JPEG, WebP or GIF, at most 2 MiB)", "users", true,
+                    json!({"requestBody": {"required": true, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}}),
+                    json!({"200": ok_json("profile", obj.clone()), "413": problem(), "415": problem()}))
+            },
+            "/me/stats": {"get": op("Usage, quota percentages and reset time", "users", true, json!({}), json!({"200": ok_json("stats", obj.clone())}))},
+            "/me/plan": {"post": op("Change plan", "users", true,
+                json!({"requestBody": body(json!({"type": "object", "required": ["plan_code"], "properties": {"plan_code": {"type": "string"}}}))}),
+                json!({"200": ok_json("changed", obj.clone()), "409": problem()}))},
+            "/plans": {"get": op("The plans", "users", false, json!({}), json!({"200": ok_json("plans", obj.clone())}))},
+            "/recordings": {
+                "post": op("Upload audio for transcription (202; over quota 429)", "recordings", true,
+                    json!({"requestBody": multipart(json!({"file": {"type": "string", "format": "binary"}, "language": {"type": "string"}}))}),
+                    json!({"202": ok_json("queued", obj.clone()), "413": problem()})),
+                "get": op("The user's recordings, newest first", "recordings", true,
+                    json!({"parameters": [
+                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["processing", "done", "failed"]}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]}),
+                    json!({"200": ok_json("a page", obj.clone())}))
+            },
+            "/recordings/{id}": {
+                "get": op("A recording with its segments", "recordings", true, json!({"parameters": [id_param()]}),
+                    json!({"200": ok_json("recording", recording)})),
+                "delete": op("Delete a recording", "recordings", true, json!({"parameters": [id_param()]}),
+                    json!({"204": {"description": "deleted"}}))
+            },
+            "/recordings/{id}/events": {"get": op("Server-Sent Events with status and progress until done or failed", "recordings", true,
+                json!({"parameters": [id_param()]}),
+                json!({"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}))},
+            "/recordings/{id}/{file}": {"get": op("transcript.txt, transcript.srt, transcript.vtt, transcript.json, or audio (with Range)", "recordings", true,
+                json!({"parameters": [id_param(), {"name": "file", "in": "path", "required": true,
+                    "schema": {"type": "string", "enum": ["transcript.txt", "transcript.srt", "transcript.vtt", "transcript.json", "audio"]}}]}),
+                json!({"200": {"description": "the file"}, "206": {"description": "a range of the audio"},
+                       "409": problem(), "416": {"description": "range outside the audio"}}))},
+            "/v1/audio/transcriptions": {"post": op("OpenAI-compatible synchronous transcription", "openai", true,
+                json!({"requestBody": multipart(json!({
+                    "file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+                    "language": {"type": "string"}, "prompt": {"type": "string"},
+                    "response_format": {"type": "string", "enum": ["json", "text", "srt", "vtt", "verbose_json"]}}))}),
+                json!({"200": {"description": "the transcript in the requested format"}, "413": problem(), "504": problem()}))}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                    "detail": {"type": "string"}, "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "code": {"type": "string"}}},
+                "Tokens": {"type": "object", "required": ["access_token", "refresh_token", "token_type", "expires_in"], "properties": {
+                    "access_token": {"type": "string"}, "refresh_token": {"type": "string"},
+                    "token_type": {"type": "string"}, "expires_in": {"type": "integer"}}},
+                "Recording": {"type": "object", "properties": {
+                    "id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
+                    "language": {"type": ["string", "null"]}, "duration_ms": {"type": ["integer", "null"]},
+                    "failure_reason": {"type": ["string", "null"]}, "progress": {"type": ["number", "null"]},
+                    "segments": {"type": "array", "items": {"type": "object"}}}}
+            }
+        }
+    })
+}
+
+/// The docs page: every operation with its method, path and summary.
+pub fn html(doc: &Value) -> String {
+    let mut rows = String::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().into_iter().flatten() {
+                let summary = op["summary"].as_str().unwrap_or_default();
+                let auth = if op.get("security").is_some() {
+                    ""
+                } else {
+                    "bearer token"
+                };
+                rows.push_str(&format!(
+                    "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>\n",
+                    method.to_uppercase(),
+                    escape(path),
+                    escape(summary),
+                    auth
+                ));
+            }
+        }
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pg_s2t API</title>\
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td{{padding:.2em .6em;border-bottom:1px solid #ddd}}</style>\
+</head><body><h1>pg_s2t API {}</h1><p>The machine-readable description is <a href=\"/openapi.json\">/openapi.json</a>. \
+Errors are <code>application/problem+json</code>.</p><table>\n{rows}</table></body></html>\n",
+        escape(doc["info"]["version"].as_str().unwrap_or_default())
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_documents_its_errors_and_the_page_lists_it() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.contains_key("/v1/audio/transcriptions"));
+        let mut n = 0;
+        for ops in paths.values() {
+            for op in ops.as_object().unwrap().values() {
+                assert!(op["responses"]["500"].is_object());
+                n += 1;
+            }
+        }
+        let page = html(&doc);
+        assert_eq!(page.matches("<tr>").count(), n);
+        assert!(page.contains("/recordings/{id}/events"));
+    }
+}
