@@ -43,6 +43,10 @@ pub struct Inner {
     pub throttle: throttle::LoginThrottle,
     pub events: events::Hub,
     pub metrics: observe::Metrics,
+    /// Flips to true when the server starts shutting down, so long-lived
+    /// answers (event streams, synchronous waits) end instead of holding
+    /// the shutdown up.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::ops::Deref for AppState {
@@ -66,6 +70,7 @@ impl AppState {
                 pool,
                 events,
                 metrics: observe::Metrics::default(),
+                stopping: tokio::sync::watch::channel(false).0,
             }),
         })
     }
@@ -81,9 +86,13 @@ pub async fn run(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopping = state.stopping.clone();
     let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
         .await
 }
 

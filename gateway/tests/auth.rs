@@ -487,3 +487,130 @@ async fn health_readiness_metrics_and_json_404() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_only_the_configured_origins() {
+    let s = stack(1 << 20, false).await;
+    let preflight = |origin: &'static str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/recordings"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight("http://app.test").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "http://app.test"
+    );
+    let methods = ok.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight("http://evil.test").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
+
+/// The real binary: SIGTERM ends open event streams and the process exits
+/// cleanly, instead of waiting for streams that would never finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_with_streams_open() {
+    use futures_util::StreamExt;
+    let db = s2t_tests::TestDb::new().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_s2t-gateway"))
+        .env("APP_DATABASE_URL", db.url(s2t_tests::APP_LOGIN))
+        .env("S2T_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("S2T_JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the gateway came up");
+    let body =
+        json!({"email": "sam@example.com", "user_name": "sam", "password": "a good password"});
+    assert!(http
+        .post(format!("{base}/auth/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    let t: Value = http
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"login": "sam", "password": "a good password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![1u8; 1000]).file_name("a.wav"),
+    );
+    let r: Value = http
+        .post(format!("{base}/recordings"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["id"].as_str().unwrap();
+    // No worker: the recording stays processing and the stream stays open.
+    let mut stream = http
+        .get(format!("{base}/recordings/{id}/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    assert!(stream.next().await.is_some(), "the first event arrives");
+    let started = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ended on shutdown");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the gateway exits"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit: {status}");
+}

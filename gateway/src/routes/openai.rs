@@ -86,7 +86,7 @@ pub async fn transcriptions(
     let mut events = state.events.subscribe();
     let id = admit(&state, user, &upload, &language, meta).await?;
     let wait = Duration::from_secs(state.config.sync_timeout_secs);
-    let finished = tokio::time::timeout(wait, async {
+    let final_event = async {
         loop {
             match events.recv().await {
                 Ok(e) if e.recording_id == id && e.is_final() => return,
@@ -96,20 +96,36 @@ pub async fn transcriptions(
                 Err(_) => std::future::pending::<()>().await,
             }
         }
+    };
+    let mut stopping = state.stopping.subscribe();
+    let finished = tokio::time::timeout(wait, async {
+        tokio::select! {
+            _ = final_event => true,
+            // Shutting down: answer now rather than hold the shutdown up.
+            _ = stopping.changed() => false,
+        }
     })
-    .await;
+    .await
+    .unwrap_or(false);
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
     let row = load_recording(&tx, id).await?;
     let status: String = row.get(3);
-    if finished.is_err() && status == "processing" {
-        let mut e = ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "the transcription is still running after {} s; follow it at /recordings/{id}",
-                wait.as_secs()
-            ),
-        );
+    if !finished && status == "processing" {
+        let mut e = if *state.stopping.borrow() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the gateway is restarting; the transcription goes on at /recordings/{id}"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the transcription is still running after {} s; follow it at /recordings/{id}",
+                    wait.as_secs()
+                ),
+            )
+        };
         e.problem.extra.insert("recording_id".into(), json!(id));
         return Err(e);
     }

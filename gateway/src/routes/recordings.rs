@@ -592,9 +592,12 @@ pub async fn events(
         // A safety net for notifications lost while the listener reconnects.
         let mut recheck = tokio::time::interval(std::time::Duration::from_secs(15));
         recheck.tick().await;
+        let mut stopping = st.stopping.subscribe();
         loop {
             let next = tokio::select! {
                 _ = out.closed() => return,
+                // Shutting down: end the stream; clients reconnect.
+                _ = stopping.changed() => return,
                 n = notifications.recv() => match n {
                     Ok(e) if e.recording_id == id => Some(e),
                     Ok(_) => None,

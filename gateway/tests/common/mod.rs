@@ -48,7 +48,7 @@ pub async fn stack(max_upload_bytes: u64, with_worker: bool) -> Stack {
         access_ttl_secs: 900,
         refresh_ttl_secs: 3600,
         max_upload_bytes,
-        cors_origins: vec![],
+        cors_origins: vec!["http://app.test".into()],
         spool_dir: Some(spool.clone()),
         db_pool: 4,
         model_names: vec!["tiny.en".into(), "base".into()],
