@@ -80,6 +80,9 @@ install_extension() {
     say "building and installing the pg_s2t extension ${profile_flag[*]:-}"
     (cd "$ROOT/pg_s2t" && cargo pgrx install --pg-config "$PG_CONFIG" "${profile_flag[@]}" >"$STATE/pgrx-install.log" 2>&1) \
         || { tail -40 "$STATE/pgrx-install.log" >&2; die "extension build failed (log: $STATE/pgrx-install.log)"; }
+    # pgrx installs only the current version's script: add the upgrade
+    # scripts and the frozen older install scripts (links resolved).
+    cp -L "$ROOT"/pg_s2t/sql/pg_s2t--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 # Run a PostgreSQL server binary as the unprivileged user when we are root.

@@ -154,7 +154,7 @@ async fn listen(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     }
 }
 
-/// Monthly reset and retention cleanup, on a timer.
+/// Monthly reset, retention cleanup and old refresh tokens, on a timer.
 async fn maintain(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(shared.settings.maintenance_secs);
     loop {
@@ -177,9 +177,16 @@ async fn maintain(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                     _ => break,
                 }
             }
+            let tokens = client
+                .query_one("SELECT s2t.purge_refresh_tokens()", &[])
+                .await;
             log(
                 "maintenance",
-                serde_json::json!({"cycles_reset": reset.map(|r| r.get::<_, i32>(0)).ok(), "recordings_deleted": deleted}),
+                serde_json::json!({
+                    "cycles_reset": reset.map(|r| r.get::<_, i32>(0)).ok(),
+                    "recordings_deleted": deleted,
+                    "refresh_tokens_purged": tokens.map(|r| r.get::<_, i32>(0)).ok(),
+                }),
             );
         }
         tokio::time::sleep(every).await;

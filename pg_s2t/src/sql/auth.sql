@@ -168,12 +168,26 @@ AS $$
 $$;
 COMMENT ON FUNCTION revoke_refresh_token(bytea) IS 'Logout: revokes the session (the token''s family). False when the token is unknown.';
 
+CREATE FUNCTION purge_refresh_tokens(in_grace interval DEFAULT interval '7 days') RETURNS int
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+    WITH gone AS (
+        DELETE FROM refresh_tokens
+         WHERE expires_at < now() - in_grace
+            OR revoked_at < now() - in_grace
+        RETURNING 1)
+    SELECT count(*)::int FROM gone
+$$;
+COMMENT ON FUNCTION purge_refresh_tokens(interval) IS 'Maintenance: deletes refresh tokens that expired or were revoked longer ago than the grace period (kept that long so a late reuse is still recognised). Returns how many.';
+
 REVOKE EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
     rotate_refresh_token(bytea, bytea, interval), revoke_refresh_token(bytea),
-    attach_upload(uuid, uuid), trg_stamp_upload_owner() FROM PUBLIC;
+    attach_upload(uuid, uuid), trg_stamp_upload_owner(), purge_refresh_tokens(interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
     rotate_refresh_token(bytea, bytea, interval), revoke_refresh_token(bytea),
     attach_upload(uuid, uuid) TO s2t_app;
+
+GRANT EXECUTE ON FUNCTION purge_refresh_tokens(interval) TO s2t_worker;
 
 -- The gateway's /metrics reports queue depth (counts only, no user data).
 GRANT EXECUTE ON FUNCTION queue_stats() TO s2t_app;
