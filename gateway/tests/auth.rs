@@ -261,8 +261,8 @@ async fn an_oversized_upload_gets_413_and_stores_nothing() {
         futures_util::stream::iter(chunks),
     ))
     .file_name("big.wav");
-    let res = s
-        .http
+    // Refused mid-stream, so that connection closes: a client of its own.
+    let res = reqwest::Client::new()
         .post(s.url("/recordings"))
         .bearer_auth(&token)
         .multipart(reqwest::multipart::Form::new().part("file", part))
@@ -271,6 +271,24 @@ async fn an_oversized_upload_gets_413_and_stores_nothing() {
     if let Ok(res) = res {
         assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
+    // Text fields are capped too.
+    let form = reqwest::multipart::Form::new()
+        .text("language", "x".repeat(10_000))
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![1u8; 100]).file_name("a.wav"),
+        );
+    let res = s
+        .http
+        .post(s.url("/recordings"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"]["language"], "at most 4096 bytes");
     assert_eq!(s.count("SELECT count(*) FROM s2t.recordings").await, 0);
     assert_eq!(s.count("SELECT count(*) FROM s2t.recording_audio").await, 0);
     let used: i32 =

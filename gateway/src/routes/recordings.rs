@@ -141,7 +141,8 @@ pub(super) struct Received {
 }
 
 /// Read a multipart body: `file` streams to the spool directory (refused
-/// over `limit`), every other field is kept as text (at most 4 KiB each).
+/// over `limit`), every other field is kept as text (at most 32 fields of
+/// 4 KiB each).
 pub(super) async fn receive(
     state: &AppState,
     headers: &HeaderMap,
@@ -168,12 +169,25 @@ pub(super) async fn receive(
         if name == "file" && upload.is_none() {
             upload = Some(spool(field, &dir, limit).await?);
         } else {
-            let text = field.text().await.map_err(bad_multipart)?;
-            if text.len() > 4096 {
-                return Err(ApiError::invalid(
-                    [(name, "at most 4096 bytes".to_string())].into(),
-                ));
+            if fields.len() >= 32 {
+                return Err(ApiError::bad_request("too many form fields (at most 32)"));
             }
+            // Read with a cap: a huge text field must not fill memory.
+            let mut bytes = Vec::new();
+            let mut field = field;
+            while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > 4096 {
+                    return Err(ApiError::invalid(
+                        [(name, "at most 4096 bytes".to_string())].into(),
+                    ));
+                }
+            }
+            let Ok(text) = String::from_utf8(bytes) else {
+                return Err(ApiError::invalid(
+                    [(name, "must be UTF-8 text".to_string())].into(),
+                ));
+            };
             fields.insert(name, text);
         }
     }

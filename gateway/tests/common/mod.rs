@@ -70,7 +70,9 @@ pub async fn stack(max_upload_bytes: u64, with_worker: bool) -> Stack {
     Stack {
         db,
         base,
-        http: Client::new(),
+        // No connection reuse: a refused upload closes its connection, and a
+        // pooled client would send the next request into it.
+        http: Client::builder().pool_max_idle_per_host(0).build().unwrap(),
         spool,
         worker,
     }
