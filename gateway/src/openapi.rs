@@ -88,6 +88,14 @@ pub fn document() -> Value {
                     json!({"200": ok_json("profile", obj.clone()), "413": problem(), "415": problem()}))
             },
             "/me/stats": {"get": op("Usage, quota percentages and reset time", "users", true, json!({}), json!({"200": ok_json("stats", obj.clone())}))},
+            "/me/api-keys": {
+                "post": op("Create an API key (shown once) to use as a bearer token", "users", true,
+                    json!({"requestBody": body(json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100}}}))}),
+                    json!({"201": ok_json("the key", obj.clone()), "409": problem()})),
+                "get": op("The active API keys (never the keys themselves)", "users", true, json!({}), json!({"200": ok_json("keys", obj.clone())}))
+            },
+            "/me/api-keys/{id}": {"delete": op("Revoke an API key", "users", true, json!({"parameters": [id_param()]}),
+                json!({"204": {"description": "revoked"}}))},
             "/me/plan": {"post": op("Change plan", "users", true,
                 json!({"requestBody": body(json!({"type": "object", "required": ["plan_code"], "properties": {"plan_code": {"type": "string"}}}))}),
                 json!({"200": ok_json("changed", obj.clone()), "409": problem()}))},

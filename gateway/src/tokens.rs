@@ -42,6 +42,14 @@ pub fn new_refresh_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// API keys are recognisable by their prefix, so the bearer extractor knows
+/// not to parse them as JWTs.
+pub const API_KEY_PREFIX: &str = "s2t_";
+
+pub fn new_api_key() -> String {
+    format!("{API_KEY_PREFIX}{}", new_refresh_token())
+}
+
 pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }

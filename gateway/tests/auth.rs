@@ -633,3 +633,62 @@ async fn sigterm_shuts_down_gracefully_with_streams_open() {
     };
     assert!(status.success(), "clean exit: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_work_as_bearer_tokens_until_revoked() {
+    let s = stack(1 << 20, false).await;
+    let (ann, _) = s.user("uma").await;
+    let (bob, _) = s.user("vic").await;
+    let (st, created) = s
+        .post_json("/me/api-keys", json!({"name": "my script"}), Some(&ann))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let key = created["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("s2t_") && key.starts_with(created["prefix"].as_str().unwrap()));
+    let (st, me) = s.get_json("/me", &key).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(me["user_name"], "uma");
+    // Listed without the key; stored only as a hash.
+    let (_, list) = s.get_json("/me/api-keys", &ann).await;
+    assert_eq!(list["api_keys"].as_array().unwrap().len(), 1);
+    assert!(list["api_keys"][0].get("key").is_none());
+    assert!(list["api_keys"][0]["last_used_at"].is_string());
+    assert_eq!(
+        s.count("SELECT count(*) FROM s2t.api_keys WHERE octet_length(key_hash) = 32")
+            .await,
+        1
+    );
+    let (st, _) = s
+        .post_json("/me/api-keys", json!({"name": ""}), Some(&ann))
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    // Another user can neither see nor revoke it.
+    let (_, other) = s.get_json("/me/api-keys", &bob).await;
+    assert_eq!(other["api_keys"].as_array().unwrap().len(), 0);
+    let id = created["id"].as_str().unwrap();
+    let del = |token: String| {
+        s.http
+            .delete(s.url(&format!("/me/api-keys/{id}")))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        del(bob.clone()).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        del(ann.clone()).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let res = s.get("/me", &key).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    assert_eq!(
+        s.get("/me", "s2t_made-up").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

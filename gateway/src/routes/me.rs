@@ -268,3 +268,111 @@ pub async fn change_plan(
     tx.commit().await?;
     Ok(Json(json!({ "message": message, "me": me })))
 }
+
+/// Active keys a user may hold at once.
+const MAX_API_KEYS: i64 = 20;
+
+#[derive(Debug, Deserialize)]
+pub struct NewApiKey {
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /me/api-keys`: the key is in this answer only.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Body(body): Body<NewApiKey>,
+) -> ApiResult<Response> {
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::invalid(BTreeMap::from([(
+            "name".into(),
+            "name must be 1 to 100 characters".into(),
+        )])));
+    }
+    let key = crate::tokens::new_api_key();
+    let prefix: String = key.chars().take(10).collect();
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let active: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM s2t.api_keys WHERE revoked_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if active >= MAX_API_KEYS {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("at most {MAX_API_KEYS} active API keys; revoke one first"),
+        ));
+    }
+    let row = tx
+        .query_one(
+            "INSERT INTO s2t.api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4)
+             RETURNING id, created_at",
+            &[&user, &name, &prefix, &crate::tokens::token_hash(&key)],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "id": row.get::<_, uuid::Uuid>(0), "name": name, "prefix": prefix, "key": key,
+            "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(1),
+        })),
+    )
+        .into_response())
+}
+
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<Value>> {
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let rows = tx
+        .query(
+            "SELECT id, name, prefix, created_at, last_used_at FROM s2t.api_keys
+              WHERE revoked_at IS NULL ORDER BY created_at DESC",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, uuid::Uuid>(0),
+                "name": r.get::<_, String>(1),
+                "prefix": r.get::<_, String>(2),
+                "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(3),
+                "last_used_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(4),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<StatusCode> {
+    let id: uuid::Uuid = id.parse().map_err(|_| ApiError::not_found("API key"))?;
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let n = tx
+        .execute(
+            "UPDATE s2t.api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )
+        .await?;
+    tx.commit().await?;
+    if n == 0 {
+        return Err(ApiError::not_found("API key"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

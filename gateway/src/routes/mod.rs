@@ -37,6 +37,14 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(me::AVATAR_MAX_BYTES + 1024)),
         )
         .route("/me/stats", get(me::stats))
+        .route(
+            "/me/api-keys",
+            post(me::create_api_key).get(me::list_api_keys),
+        )
+        .route(
+            "/me/api-keys/{id}",
+            axum::routing::delete(me::revoke_api_key),
+        )
         .route("/me/plan", post(me::change_plan))
         .route("/plans", get(me::plans))
         .route(
@@ -133,9 +141,23 @@ impl FromRequestParts<AppState> for AuthUser {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
             })?;
+        let token = token.trim();
+        if token.starts_with(crate::tokens::API_KEY_PREFIX) {
+            let client = crate::db::client(&state.pool).await?;
+            let user: Option<Uuid> = client
+                .query_one(
+                    "SELECT s2t.api_key_user($1)",
+                    &[&crate::tokens::token_hash(token)],
+                )
+                .await?
+                .get(0);
+            return user
+                .map(AuthUser)
+                .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"));
+        }
         let claims = state
             .jwt
-            .verify(token.trim())
+            .verify(token)
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
         Ok(AuthUser(claims.sub))
     }

@@ -1,5 +1,6 @@
 -- Gateway support, added in 0.2.0: login lookup, refresh-token rotation with
--- reuse detection, audio uploads by the application role, and avatars.
+-- reuse detection, API keys, audio uploads by the application role, and
+-- avatars.
 --
 -- This file is part of the install script and is also the upgrade script
 -- pg_s2t--0.1.0--0.2.0.sql (pg_s2t/sql/ links to it), so it must run both on
@@ -180,12 +181,47 @@ AS $$
 $$;
 COMMENT ON FUNCTION purge_refresh_tokens(interval) IS 'Maintenance: deletes refresh tokens that expired or were revoked longer ago than the grace period (kept that long so a late reuse is still recognised). Returns how many.';
 
+CREATE TABLE api_keys (
+    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id      uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name         text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    prefix       text NOT NULL,
+    key_hash     bytea NOT NULL UNIQUE CHECK (octet_length(key_hash) = 32),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);
+CREATE INDEX api_keys_user_idx ON api_keys (user_id);
+COMMENT ON TABLE api_keys IS 'Per-user API keys for tools, sent as bearer tokens; only their SHA-256 is kept (the key is shown once) with a short prefix to recognise it.';
+ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_api_keys ON api_keys TO s2t_app
+    USING (user_id = current_user_id()) WITH CHECK (user_id = current_user_id());
+GRANT SELECT (id, user_id, name, prefix, created_at, last_used_at, revoked_at),
+      INSERT (user_id, name, prefix, key_hash), UPDATE (revoked_at) ON api_keys TO s2t_app;
+
+CREATE FUNCTION api_key_user(in_key_hash bytea) RETURNS uuid
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+AS $$
+    WITH k AS (
+        SELECT k.id, k.user_id, k.last_used_at
+          FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.key_hash = in_key_hash AND k.revoked_at IS NULL AND u.status = 'active'),
+    touched AS (
+        -- At most one write a minute per key, not one per request.
+        UPDATE api_keys SET last_used_at = now()
+         WHERE id IN (SELECT id FROM k WHERE last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+        RETURNING 1)
+    SELECT user_id FROM k
+$$;
+COMMENT ON FUNCTION api_key_user(bytea) IS 'The active user an API key (by SHA-256) belongs to, or NULL when unknown, revoked or the user is disabled; notes when it was last used.';
+
 REVOKE EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
     rotate_refresh_token(bytea, bytea, interval), revoke_refresh_token(bytea),
-    attach_upload(uuid, uuid), trg_stamp_upload_owner(), purge_refresh_tokens(interval) FROM PUBLIC;
+    attach_upload(uuid, uuid), trg_stamp_upload_owner(), purge_refresh_tokens(interval),
+    api_key_user(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
     rotate_refresh_token(bytea, bytea, interval), revoke_refresh_token(bytea),
-    attach_upload(uuid, uuid) TO s2t_app;
+    attach_upload(uuid, uuid), api_key_user(bytea) TO s2t_app;
 
 GRANT EXECUTE ON FUNCTION purge_refresh_tokens(interval) TO s2t_worker;
 
