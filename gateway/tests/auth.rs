@@ -217,14 +217,7 @@ async fn over_quota_uploads_are_refused_with_nothing_created() {
         "file",
         reqwest::multipart::Part::bytes(vec![7u8; 2000]).file_name("b.wav"),
     );
-    let res = s
-        .http
-        .post(s.url("/recordings"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let res = s.post_form(&token, form).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = res.headers()["retry-after"]
         .to_str()
@@ -278,14 +271,7 @@ async fn an_oversized_upload_gets_413_and_stores_nothing() {
             "file",
             reqwest::multipart::Part::bytes(vec![1u8; 100]).file_name("a.wav"),
         );
-    let res = s
-        .http
-        .post(s.url("/recordings"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let res = s.post_form(&token, form).await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["errors"]["language"], "at most 4096 bytes");

@@ -88,14 +88,11 @@ async fn spool(
 }
 
 /// Stream the spooled file into the database with binary COPY (so the
-/// gateway never holds the whole upload in memory), then attach it to the
-/// recording. COPY cannot target `recording_audio` itself, which has
-/// row-level security; `s2t.audio_uploads` is its insert-only staging.
-async fn copy_audio(
-    tx: &tokio_postgres::Transaction<'_>,
-    recording: Uuid,
-    upload: &Spooled,
-) -> ApiResult<()> {
+/// gateway never holds the whole upload in memory) and return its staging
+/// id for `s2t.attach_upload`. COPY cannot target `recording_audio` itself,
+/// which has row-level security; `s2t.audio_uploads` is its insert-only
+/// staging.
+async fn stage_audio(tx: &tokio_postgres::Transaction<'_>, upload: &Spooled) -> ApiResult<Uuid> {
     let staged = Uuid::new_v4();
     let sink = tx
         .copy_in("COPY s2t.audio_uploads (id, content_type, data) FROM STDIN (FORMAT binary)")
@@ -129,9 +126,7 @@ async fn copy_audio(
     }
     sink.send(Bytes::from_static(b"\xff\xff")).await?; // end of data
     sink.as_mut().finish().await?;
-    tx.execute("SELECT s2t.attach_upload($1, $2)", &[&recording, &staged])
-        .await?;
-    Ok(())
+    Ok(staged)
 }
 
 /// A multipart upload: the spooled `file` and the other (short) text fields.
@@ -222,6 +217,9 @@ pub(super) async fn admit(
     meta["size_bytes"] = json!(upload.size);
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
+    // Stream the bytes before admitting: admission locks the user's
+    // subscription row until commit, and must not hold it through the copy.
+    let staged = stage_audio(&tx, upload).await?;
     let id: Uuid = tx
         .query_one(
             "SELECT s2t.check_quota_and_create_recording($1, 'upload', $2, $3, 'db:')",
@@ -229,7 +227,8 @@ pub(super) async fn admit(
         )
         .await?
         .get(0);
-    copy_audio(&tx, id, upload).await?;
+    tx.execute("SELECT s2t.attach_upload($1, $2)", &[&id, &staged])
+        .await?;
     tx.commit().await?;
     state.metrics.upload(upload.size);
     Ok(id)

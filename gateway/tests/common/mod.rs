@@ -152,6 +152,17 @@ impl Stack {
         )
     }
 
+    /// `POST /recordings` with any multipart form.
+    pub async fn post_form(&self, token: &str, form: Form) -> reqwest::Response {
+        self.http
+            .post(self.url("/recordings"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn upload(&self, token: &str, bytes: Vec<u8>, language: &str) -> (StatusCode, Value) {
         let form = Form::new().text("language", language.to_string()).part(
             "file",
@@ -160,14 +171,7 @@ impl Stack {
                 .mime_str("audio/wav")
                 .unwrap(),
         );
-        let res = self
-            .http
-            .post(self.url("/recordings"))
-            .bearer_auth(token)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let res = self.post_form(token, form).await;
         let status = res.status();
         (status, res.json().await.unwrap_or(Value::Null))
     }
