@@ -51,6 +51,11 @@ pub struct Config {
     /// How long a synchronous transcription may wait for the worker.
     #[arg(long, env = "S2T_SYNC_TIMEOUT_SECS", default_value_t = 600)]
     pub sync_timeout_secs: u64,
+    /// Reverse proxies (comma-separated addresses) whose `X-Forwarded-For`
+    /// is believed when deciding where a request comes from (for login
+    /// throttling and logs). Empty: the TCP peer is the client.
+    #[arg(long, env = "S2T_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Database connections in the pool.
     #[arg(long, env = "S2T_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,

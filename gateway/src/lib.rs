@@ -40,7 +40,10 @@ pub struct Inner {
     pub config: Config,
     pub pool: deadpool_postgres::Pool,
     pub jwt: tokens::JwtKeys,
+    /// Failed logins per login name.
     pub throttle: throttle::LoginThrottle,
+    /// Failed logins per client address.
+    pub address_throttle: throttle::LoginThrottle,
     pub events: events::Hub,
     pub metrics: observe::Metrics,
     /// Flips to true when the server starts shutting down, so long-lived
@@ -66,6 +69,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 jwt: tokens::JwtKeys::new(&secret),
                 throttle: throttle::LoginThrottle::new(throttle::Policy::default()),
+                address_throttle: throttle::LoginThrottle::new(throttle::Policy::per_address()),
                 config,
                 pool,
                 events,

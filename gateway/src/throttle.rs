@@ -1,7 +1,10 @@
-//! Failed-login throttling: after a few failures for one login name (or one
-//! client address), further attempts wait, with the wait doubling.
+//! Failed-login throttling: after a few failures for one login name (or,
+//! with a larger allowance, one client address), further attempts wait,
+//! with the wait doubling. Also: which address a request comes from when
+//! the gateway sits behind a reverse proxy.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,11 +22,49 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             free_failures: 5,
-            first_wait: Duration::from_secs(1),
+            first_wait: Duration::from_secs(2),
             max_wait: Duration::from_secs(300),
             forget_after: Duration::from_secs(900),
         }
     }
+}
+
+impl Policy {
+    /// For one client address: many people can share one (an office, a
+    /// carrier's NAT), so it tolerates more failures than one login does.
+    pub fn per_address() -> Self {
+        Policy {
+            free_failures: 30,
+            ..Policy::default()
+        }
+    }
+}
+
+/// The address a request really comes from. `peer` is the TCP peer; when
+/// it is one of our `trusted` proxies, the `X-Forwarded-For` list is read
+/// from the right (each proxy appends the address it saw), skipping our own
+/// proxies; the first address that is not one of them is the client. A
+/// malformed entry stops the walk at the last address we could trust.
+pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    let trusted_ip = |ip: &IpAddr| trusted.contains(&ip.to_canonical());
+    if !trusted_ip(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded_for.unwrap_or("").rsplit(',') {
+        let hop = hop.trim();
+        if hop.is_empty() {
+            continue;
+        }
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            return client;
+        };
+        client = ip.to_canonical();
+        if !trusted_ip(&client) {
+            return client;
+        }
+    }
+    client
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,11 +138,11 @@ mod tests {
         }
         assert_eq!(t.wait("ann", now), None);
         t.failed("ann", now);
-        assert_eq!(t.wait("ann", now), Some(Duration::from_secs(1)));
-        t.failed("ann", now);
         assert_eq!(t.wait("ann", now), Some(Duration::from_secs(2)));
+        t.failed("ann", now);
+        assert_eq!(t.wait("ann", now), Some(Duration::from_secs(4)));
         assert_eq!(t.wait("bo", now), None, "keys are separate");
-        assert_eq!(t.wait("ann", now + Duration::from_secs(3)), None);
+        assert_eq!(t.wait("ann", now + Duration::from_secs(5)), None);
     }
 
     #[test]
@@ -120,6 +161,58 @@ mod tests {
         let later = now + Duration::from_secs(901);
         t.failed("bo", later);
         assert_eq!(t.wait("bo", later), None, "old failures were forgotten");
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.0.0.2");
+        let trusted = [proxy, ip("10.0.0.3")];
+        // Straight from the internet: the header is whatever the client wrote.
+        assert_eq!(
+            client_address(ip("198.51.100.7"), Some("1.2.3.4"), &trusted),
+            ip("198.51.100.7")
+        );
+        // Through our proxy: its appended entry names the client; anything
+        // to its left was written by the client and is not believed.
+        assert_eq!(
+            client_address(proxy, Some("1.2.3.4, 203.0.113.9"), &trusted),
+            ip("203.0.113.9")
+        );
+        // Through two of our proxies.
+        assert_eq!(
+            client_address(proxy, Some("203.0.113.9,10.0.0.3"), &trusted),
+            ip("203.0.113.9")
+        );
+        // No header, an empty one, or garbage: the last trusted hop.
+        assert_eq!(client_address(proxy, None, &trusted), proxy);
+        assert_eq!(client_address(proxy, Some(" , "), &trusted), proxy);
+        assert_eq!(
+            client_address(proxy, Some("203.0.113.9, junk, 10.0.0.3"), &trusted),
+            ip("10.0.0.3")
+        );
+        // IPv4 seen as IPv6-mapped matches the IPv4 entry.
+        assert_eq!(
+            client_address(ip("::ffff:10.0.0.2"), Some("2001:db8::1"), &trusted),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_address(proxy, Some("203.0.113.9"), &[]),
+            proxy,
+            "no trusted proxies: the peer"
+        );
+    }
+
+    #[test]
+    fn an_address_tolerates_more_failures_than_a_login() {
+        let t = LoginThrottle::new(Policy::per_address());
+        let now = Instant::now();
+        for _ in 0..30 {
+            t.failed("ip:1", now);
+        }
+        assert_eq!(t.wait("ip:1", now), None);
+        t.failed("ip:1", now);
+        assert!(t.wait("ip:1", now).is_some());
     }
 
     #[test]

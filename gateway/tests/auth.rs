@@ -109,6 +109,45 @@ async fn repeated_failed_logins_are_throttled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_from_one_address_behind_the_proxy_block_only_that_address() {
+    // The test gateway trusts 127.0.0.1 as its reverse proxy, so the
+    // address it throttles is the one the proxy forwarded.
+    let s = stack(1 << 20, false).await;
+    s.user("gus").await;
+    let attempt = |from: &'static str, login: String, password: &'static str| {
+        s.http
+            .post(s.url("/auth/login"))
+            .header("x-forwarded-for", from)
+            .json(&json!({"login": login, "password": password}))
+            .send()
+    };
+    // One failure each for many names: no single login reaches its limit,
+    // but the address does after 30.
+    for i in 0..31 {
+        let res = attempt("203.0.113.5", format!("user{i}"), "guess guess")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let res = attempt("203.0.113.5", "gus".into(), "a good password")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    // Someone else behind the same proxy is not locked out.
+    let res = attempt("203.0.113.6", "gus".into(), "a good password")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // A client cannot escape by writing its own header: the proxy appends
+    // the address it saw, and only that last entry is believed.
+    let res = attempt("203.0.113.6, 203.0.113.5", "gus".into(), "a good password")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_and_reuse_revokes_the_family() {
     let s = stack(1 << 20, false).await;
     let (_, first) = s.user("fay").await;

@@ -187,14 +187,12 @@ fn corrupt_and_overlong_audio_fail_with_a_reason() {
     );
     assert!(!err.to_string().is_empty());
 
-    // Over the limit: refused, and quickly.
+    // Over the limit: refused.
     let long = dir.join("long.wav");
     common::generated(&long, &["synth", "30", "sine", "300"]);
-    let started = std::time::Instant::now();
     let err = decode(std::fs::read(&long).unwrap(), Some("wav"), 10).unwrap_err();
     assert_eq!(err, AudioError::TooLong { max_seconds: 10 });
     assert!(err.to_string().contains("10 s"));
-    assert!(started.elapsed().as_secs() < 5);
 
     // A WAV header with no samples.
     let empty = dir.join("empty.wav");

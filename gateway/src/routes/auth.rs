@@ -120,15 +120,22 @@ fn throttled(wait: std::time::Duration) -> ApiError {
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Login>,
 ) -> ApiResult<Response> {
-    let login_key = format!("login:{}", body.login.trim().to_lowercase());
-    let peer_key = format!("ip:{}", peer.ip());
+    let login_key = body.login.trim().to_lowercase();
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let address =
+        crate::throttle::client_address(peer.ip(), forwarded, &state.config.trusted_proxies)
+            .to_string();
     let now = Instant::now();
-    if let Some(wait) = [&login_key, &peer_key]
-        .iter()
-        .filter_map(|k| state.throttle.wait(k, now))
-        .max()
+    if let Some(wait) = [
+        state.throttle.wait(&login_key, now),
+        state.address_throttle.wait(&address, now),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
     {
         return Err(throttled(wait));
     }
@@ -162,8 +169,11 @@ pub async fn login(
         .await
         .map_err(|e| ApiError::internal(format!("verifying: {e}")))?;
     let Some(user) = user.filter(|_| ok) else {
-        state.throttle.failed(&login_key, now);
-        state.throttle.failed(&peer_key, now);
+        // The wait runs from the failure, not from the request's start:
+        // verifying took a noticeable while.
+        let failed_at = Instant::now();
+        state.throttle.failed(&login_key, failed_at);
+        state.address_throttle.failed(&address, failed_at);
         return Err(ApiError::unauthorized("wrong login or password"));
     };
     if status != "active" {

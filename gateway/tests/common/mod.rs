@@ -54,6 +54,7 @@ pub async fn stack(max_upload_bytes: u64, with_worker: bool) -> Stack {
         model_names: vec!["tiny.en".into(), "base".into()],
         sync_max_bytes: max_upload_bytes,
         sync_timeout_secs: 120,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
