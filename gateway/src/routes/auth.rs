@@ -109,7 +109,8 @@ fn token_response(state: &AppState, user: Uuid, refresh_token: String) -> Respon
 }
 
 fn throttled(wait: std::time::Duration) -> ApiError {
-    let secs = wait.as_secs().max(1);
+    // Rounded up: a client that waits exactly this long gets in.
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         format!("too many failed logins; try again in {secs} s"),
