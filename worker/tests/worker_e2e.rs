@@ -305,8 +305,8 @@ async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A user with about 40 s of queued speech, and a worker (with this
-/// lease) that has started on it.
+/// A user with about 40 s of queued speech, and a worker (with these
+/// extra arguments) that has started on it.
 struct LongJob {
     db: TestDb,
     user: Uuid,
@@ -315,13 +315,13 @@ struct LongJob {
     worker: std::process::Child,
 }
 
-async fn long_job_running(user_name: &str, tag: &str, lease_secs: &str) -> LongJob {
+async fn long_job_running(user_name: &str, tag: &str, extra: &[&str]) -> LongJob {
     let db = TestDb::new().await;
     let user = register(&db.admin, user_name).await;
     let dir = temp_dir(tag);
     let wav = long_speech(&dir);
     let rec = queue(&db, user, "en", "audio/wav", std::fs::read(&wav).unwrap()).await;
-    let mut child = worker(&db, &["--lease-secs", lease_secs]).spawn().unwrap();
+    let mut child = worker(&db, extra).spawn().unwrap();
     wait_until_running(&db, rec, &mut child).await;
     LongJob {
         db,
@@ -335,13 +335,22 @@ async fn long_job_running(user_name: &str, tag: &str, lease_secs: &str) -> LongJ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_current_job_finish() {
     let _turn = common::one_decoder_at_a_time_async().await;
-    let LongJob {
-        db,
-        user: _,
-        rec,
-        dir,
-        worker: mut child,
-    } = long_job_running("tom", "worker-term", "30").await;
+    let mut job = long_job_running(
+        "tom",
+        "worker-term",
+        // A grace no machine runs out of: this is about finishing.
+        &["--lease-secs", "30", "--shutdown-grace-secs", "3600"],
+    )
+    .await;
+    terminate(&mut job.worker);
+    let r = result(&job.db, job.rec).await;
+    assert_eq!(r.status, "done", "the job finished before exit");
+    assert_eq!(r.attempts, 1);
+    std::fs::remove_dir_all(&job.dir).ok();
+}
+
+/// SIGTERM, then a clean exit.
+fn terminate(child: &mut std::process::Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -350,12 +359,42 @@ async fn sigterm_lets_the_current_job_finish() {
     assert!(ok);
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit after SIGTERM");
-    assert_eq!(
-        result(&db, rec).await.status,
-        "done",
-        "the job finished before exit"
-    );
-    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_releases_the_job_for_the_next_worker() {
+    let _turn = common::one_decoder_at_a_time_async().await;
+    let mut job = long_job_running(
+        "una",
+        "worker-release",
+        &["--lease-secs", "600", "--shutdown-grace-secs", "0"],
+    )
+    .await;
+    terminate(&mut job.worker);
+    let (db, rec, user) = (&job.db, job.rec, job.user);
+    // Given back at once, not left to a 10-minute lease, and the attempt
+    // does not count against the job.
+    let row = db
+        .admin
+        .query_one(
+            "SELECT state, attempts, visible_at <= now() FROM s2t.jobs WHERE recording_id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap();
+    let (state, attempts, visible_now): (String, i32, bool) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(state, "queued");
+    assert_eq!(attempts, 0);
+    assert!(visible_now, "claimable at once");
+    assert!(segments(db, rec).await.is_empty(), "nothing half-written");
+    assert_eq!(used_seconds(db, user).await, 0, "nothing charged");
+
+    run_once(db);
+    let r = result(db, rec).await;
+    assert_eq!(r.status, "done", "{:?}", r.reason);
+    assert_eq!(r.attempts, 1);
+    assert_stored_once(db, user, rec, r.billed).await;
+    std::fs::remove_dir_all(&job.dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +467,7 @@ async fn a_postgres_restart_during_a_job_loses_nothing() {
         rec,
         dir,
         worker: mut child,
-    } = long_job_running("rita", "worker-restart", "4").await;
+    } = long_job_running("rita", "worker-restart", &["--lease-secs", "4"]).await;
     restart_postgres();
     // The old connections are gone; the worker reconnects on its own.
     let db_after = TestDb::reconnect(&db.name).await;
