@@ -17,11 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "starting a throwaway cluster on 127.0.0.1:$PORT"
-cluster_init "$WORK" trust
-cluster_start "$WORK" "$PORT"
-psql_admin "$WORK" "$PORT" postgres -c "CREATE DATABASE bench"
-psql_admin "$WORK" "$PORT" bench -c "CREATE EXTENSION pg_s2t CASCADE"
+bench_cluster "$WORK" "$PORT"
 
 say "quota admission: pg_s2t vs the specification's plpgsql"
 "$VENV/bin/python" "$ROOT/bench/quota.py" --host "$WORK/data" --port "$PORT" --pg-bin "$PG_BIN" \

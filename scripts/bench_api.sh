@@ -25,11 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "starting a throwaway cluster on 127.0.0.1:$PORT"
-cluster_init "$WORK" trust
-cluster_start "$WORK" "$PORT"
-psql_admin "$WORK" "$PORT" postgres -c "CREATE DATABASE bench"
-psql_admin "$WORK" "$PORT" bench -c "CREATE EXTENSION pg_s2t CASCADE"
+bench_cluster "$WORK" "$PORT"
 create_login_roles "$WORK" "$PORT" bench-gw bench-wk
 DB="127.0.0.1:$PORT/bench"
 

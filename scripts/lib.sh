@@ -155,6 +155,17 @@ cluster_stop() {
     return 0
 }
 
+# bench_cluster DIR PORT: a throwaway cluster with database "bench" holding
+# the extension, for the benchmarks.
+bench_cluster() {
+    local dir="$1" port="$2"
+    say "starting a throwaway cluster on 127.0.0.1:$port"
+    cluster_init "$dir" trust
+    cluster_start "$dir" "$port"
+    psql_admin "$dir" "$port" postgres -c "CREATE DATABASE bench"
+    psql_admin "$dir" "$port" bench -c "CREATE EXTENSION pg_s2t CASCADE"
+}
+
 # psql_admin DIR PORT DB ARGS...: psql as the superuser over the cluster's
 # Unix socket (trusted), so no password is needed.
 psql_admin() {

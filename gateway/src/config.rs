@@ -53,7 +53,7 @@ pub struct Config {
     pub sync_timeout_secs: u64,
     /// Reverse proxies (comma-separated addresses) whose `X-Forwarded-For`
     /// is believed when deciding where a request comes from (for login
-    /// throttling and logs). Empty: the TCP peer is the client.
+    /// throttling). Empty: the TCP peer is the client.
     #[arg(long, env = "S2T_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Database connections in the pool.

@@ -177,6 +177,18 @@ pub async fn set_limits(client: &Client, user: Uuid, usage_limit: i32, minutes: 
         .expect("move user to plan");
 }
 
+/// Seconds charged to the user's current cycle.
+pub async fn used_seconds(db: &TestDb, user: Uuid) -> i32 {
+    db.admin
+        .query_one(
+            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .expect("subscription")
+        .get(0)
+}
+
 /// Create a recording as a trusted caller and return its id.
 pub async fn new_recording(client: &Client, user: Uuid, source: &str) -> Uuid {
     client
@@ -251,6 +263,9 @@ pub fn run(program: &str, args: &[&str]) {
 
 /// espeak-ng speech as a 16 kHz mono 16-bit WAV, with `pad_s` seconds of
 /// silence before and after.
+/// sox output options for what the tests feed the worker: 16 kHz mono 16-bit.
+pub const SOX_16K_MONO: [&str; 6] = ["-r", "16000", "-c", "1", "-b", "16"];
+
 pub fn speech_wav(text: &str, voice: &str, pad_s: f32, dir: &Path, name: &str) -> PathBuf {
     let raw = dir.join(format!("{name}.raw.wav"));
     let wav = dir.join(format!("{name}.wav"));
@@ -259,22 +274,10 @@ pub fn speech_wav(text: &str, voice: &str, pad_s: f32, dir: &Path, name: &str) -
         &["-v", voice, "-s", "150", "-w", raw.to_str().unwrap(), text],
     );
     let pad = pad_s.to_string();
-    run(
-        "sox",
-        &[
-            raw.to_str().unwrap(),
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            wav.to_str().unwrap(),
-            "pad",
-            &pad,
-            &pad,
-        ],
-    );
+    let mut args = vec![raw.to_str().unwrap()];
+    args.extend_from_slice(&SOX_16K_MONO);
+    args.extend_from_slice(&[wav.to_str().unwrap(), "pad", &pad, &pad]);
+    run("sox", &args);
     wav
 }
 

@@ -4,17 +4,6 @@ use s2t_tests::*;
 use serde_json::json;
 use uuid::Uuid;
 
-async fn used_seconds(db: &TestDb, user: Uuid) -> i32 {
-    db.admin
-        .query_one(
-            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn segment_count(db: &TestDb, rec: Uuid) -> i64 {
     db.admin
         .query_one(

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{speech_wav, temp_dir, wer};
-use s2t_tests::{register, set_limits, TestDb};
+use s2t_tests::{register, set_limits, used_seconds, TestDb};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -243,17 +243,6 @@ async fn wait_until_running(db: &TestDb, rec: Uuid, child: &mut Child) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn used_seconds(db: &TestDb, user: Uuid) -> i32 {
-    db.admin
-        .query_one(
-            "SELECT used_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// A finished job left its segments once (no duplicate idx) and charged

@@ -34,16 +34,9 @@ pub use s2t_tests::run;
 /// `generated(&path, &["synth", "8", "pinknoise", "vol", "0.01"])` or
 /// `generated(&path, &["trim", "0", "8"])` for silence.
 pub fn generated(path: &Path, effects: &[&str]) {
-    let mut args = vec![
-        "-n",
-        "-r",
-        "16000",
-        "-c",
-        "1",
-        "-b",
-        "16",
-        path.to_str().unwrap(),
-    ];
+    let mut args = vec!["-n"];
+    args.extend_from_slice(&s2t_tests::SOX_16K_MONO);
+    args.push(path.to_str().unwrap());
     args.extend_from_slice(effects);
     run("sox", &args);
 }
