@@ -448,6 +448,24 @@ async fn profile_stats_plans_and_listing() {
         .map(|p| p["code"].as_str().unwrap())
         .collect();
     assert_eq!(codes, ["FREE", "BASIC", "PREMIUM", "ENTERPRISE"]);
+    // A paid upgrade is a sale: refused here, bought through billing.
+    let (st, body) = s
+        .post_json("/me/plan", json!({"plan_code": "PREMIUM"}), Some(&token))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("paid upgrade"),
+        "{body}"
+    );
+    assert_eq!(body["code"], "42501");
+    // An admin put the user on ENTERPRISE; moving down is the user's choice.
+    s.db.admin
+        .execute(
+            "SELECT s2t.admin_change_plan(u.id, 'ENTERPRISE') FROM s2t.users u WHERE u.user_name = 'lea'",
+            &[],
+        )
+        .await
+        .unwrap();
     let (st, body) = s
         .post_json("/me/plan", json!({"plan_code": "PREMIUM"}), Some(&token))
         .await;

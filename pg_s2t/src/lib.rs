@@ -10,11 +10,13 @@
 //! - [`quota`]: segment validation for completion.
 //! - [`queue`]: retry backoff.
 //! - [`search`]: text folding for the lexical index.
+//! - [`billing`]: signature checks for billing events.
 
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod billing;
 mod queue;
 mod quota;
 mod search;
@@ -58,9 +60,14 @@ extension_sql_file!(
 );
 extension_sql_file!("sql/auth.sql", name = "auth", requires = ["maintenance"]);
 extension_sql_file!(
+    "sql/admin.sql",
+    name = "admin",
+    requires = ["auth", billing::billing_signature_problem]
+);
+extension_sql_file!(
     "sql/security.sql",
     name = "security",
-    requires = ["auth", extension_version],
+    requires = ["admin", extension_version],
     finalize
 );
 

@@ -8,7 +8,9 @@
 //! - [`validate`]: input checks for users and transcript segments.
 //! - [`queue`]: job-queue policy (retry backoff).
 //! - [`text`]: text folding for accent-insensitive lexical search.
+//! - [`billing`]: signatures of billing events (HMAC-SHA256 with a time).
 
+pub mod billing;
 pub mod problem;
 pub mod queue;
 pub mod sqlstate;

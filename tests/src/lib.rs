@@ -189,12 +189,15 @@ pub async fn used_seconds(db: &TestDb, user: Uuid) -> i32 {
         .get(0)
 }
 
-/// Create a recording as a trusted caller and return its id.
+/// Create a recording as a trusted caller and return its id. An upload
+/// declares a 1 s length, as the gateway does from the file's header; a
+/// realtime session's length is unknown.
 pub async fn new_recording(client: &Client, user: Uuid, source: &str) -> Uuid {
+    let expected_ms: Option<i32> = (source == "upload").then_some(1000);
     client
         .query_one(
-            "SELECT s2t.check_quota_and_create_recording($1, $2, 'en')",
-            &[&user, &source],
+            "SELECT s2t.check_quota_and_create_recording($1, $2, 'en', '{}', NULL, $3)",
+            &[&user, &source, &expected_ms],
         )
         .await
         .expect("create recording")

@@ -198,7 +198,6 @@ async fn functions_refuse_to_act_for_another_user() {
     let w = world().await;
     let app = w.db.connect_as(APP_LOGIN).await;
     let b = w.b;
-    let b_rec = w.b_rec;
     let probes: Vec<(&str, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>)> = vec![
         ("SELECT * FROM s2t.sp_get_user_stats($1)", vec![&b]),
         (
@@ -213,8 +212,10 @@ async fn functions_refuse_to_act_for_another_user() {
             "SELECT * FROM s2t.sp_change_user_plan($1, 'PREMIUM')",
             vec![&b],
         ),
-        ("SELECT s2t.complete_recording($1, 10, '[]')", vec![&b_rec]),
-        ("SELECT s2t.fail_recording($1, 'x')", vec![&b_rec]),
+        (
+            "SELECT * FROM s2t.create_api_key($1, 'k', 's2t_x', sha256('k'))",
+            vec![&b],
+        ),
     ];
     for (sql, params) in &probes {
         act_as(&app, w.a).await;
@@ -254,7 +255,10 @@ async fn functions_work_for_the_acting_user() {
         .await
         .unwrap()
         .get(0);
-    let done: bool = app
+    // Completing is the worker's word, not the application's.
+    app.batch_execute("COMMIT").await.unwrap();
+    let worker = w.db.connect_as(WORKER_LOGIN).await;
+    let done: bool = worker
         .query_one(
             "SELECT s2t.complete_recording($1, 1500, $2)",
             &[&rec, &json!([seg(0, 0, 1500, "mine")])],
@@ -263,6 +267,7 @@ async fn functions_work_for_the_acting_user() {
         .unwrap()
         .get(0);
     assert!(done);
+    act_as(&app, w.a).await;
     let total: i64 = app
         .query_one(
             "SELECT total_recordings FROM s2t.sp_get_user_stats($1)",

@@ -92,7 +92,7 @@ async fn usage_limit_is_refused_with_usage_and_reset_time() {
         "{message} should name the reset {reset}"
     );
     assert!(detail.contains("limit: monthly_usage_limit"), "{detail}");
-    assert!(hint.contains("sp_change_user_plan"), "{hint}");
+    assert!(hint.contains("larger plan"), "{hint}");
     assert_eq!(count_recordings(&db, user).await, 2, "nothing created");
     assert_eq!(usage(&db, user).await, (2, 0));
 

@@ -11,7 +11,8 @@ SELECT kind, name, def FROM (
   SELECT 'function' AS kind, p.oid::regprocedure::text AS name,
          concat_ws(' | ', pg_get_function_result(p.oid), p.prosecdef, p.provolatile,
                    array_to_string(p.proconfig, ','), md5(p.prosrc),
-                   (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(p.proacl) a), obj_description(p.oid, 'pg_proc')) AS def
+                   (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(p.proacl) a), obj_description(p.oid, 'pg_proc'),
+                   p.proowner::regrole) AS def
     FROM pg_proc p WHERE p.pronamespace = 's2t'::regnamespace
   UNION ALL
   SELECT 'column', c.relname || '.' || a.attname,
@@ -26,7 +27,7 @@ SELECT kind, name, def FROM (
   SELECT 'relation', c.relname,
          concat_ws(' | ', c.relkind, c.relpersistence, c.relrowsecurity,
                    (SELECT string_agg(x::text, ',' ORDER BY x::text) FROM unnest(c.relacl) x), array_to_string(c.reloptions, ','),
-                   obj_description(c.oid, 'pg_class'))
+                   obj_description(c.oid, 'pg_class'), c.relowner::regrole)
     FROM pg_class c WHERE c.relnamespace = 's2t'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p', 'S')
   UNION ALL
   SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = 's2t'
@@ -59,14 +60,15 @@ async fn snapshot(client: &tokio_postgres::Client) -> Vec<(String, String, Strin
         .collect()
 }
 
-#[tokio::test]
-async fn upgrading_from_0_1_0_matches_a_fresh_install() {
+/// Installs `from`, leaves a user and a recording in it, updates to the
+/// current version and compares the catalog with a fresh install.
+async fn upgrade_matches_fresh_install(from: &str) {
     let fresh = TestDb::new().await;
     let old = TestDb::empty().await;
     old.admin
-        .batch_execute("CREATE EXTENSION pg_s2t VERSION '0.1.0' CASCADE")
+        .batch_execute(&format!("CREATE EXTENSION pg_s2t VERSION '{from}' CASCADE"))
         .await
-        .expect("0.1.0 installs from its frozen script");
+        .unwrap_or_else(|e| panic!("{from} installs from its frozen script: {e}"));
     let before: String = old
         .admin
         .query_one(
@@ -76,9 +78,18 @@ async fn upgrading_from_0_1_0_matches_a_fresh_install() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(before, "0.1.0");
-    // A user and a recording made at 0.1.0 survive the upgrade.
+    assert_eq!(before, from);
+    // A user and a recording made at the old version survive the upgrade.
     let user = register(&old.admin, "olga").await;
+    let rec: uuid::Uuid = old
+        .admin
+        .query_one(
+            "SELECT s2t.check_quota_and_create_recording($1, 'upload', 'en')",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
     old.admin
         .batch_execute("ALTER EXTENSION pg_s2t UPDATE")
         .await
@@ -102,4 +113,23 @@ async fn upgrading_from_0_1_0_matches_a_fresh_install() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+    // The recording queued before the upgrade is still claimable, with no
+    // reservation of its own (its length was never declared).
+    let worker = old.connect_as(WORKER_LOGIN).await;
+    let claimed: uuid::Uuid = worker
+        .query_one("SELECT recording_id FROM s2t.claim_job('w1')", &[])
+        .await
+        .expect("claim after upgrade")
+        .get(0);
+    assert_eq!(claimed, rec);
+}
+
+#[tokio::test]
+async fn upgrading_from_0_1_0_matches_a_fresh_install() {
+    upgrade_matches_fresh_install("0.1.0").await;
+}
+
+#[tokio::test]
+async fn upgrading_from_0_2_0_matches_a_fresh_install() {
+    upgrade_matches_fresh_install("0.2.0").await;
 }

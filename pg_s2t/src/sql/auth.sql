@@ -2,9 +2,8 @@
 -- reuse detection, API keys, audio uploads by the application role, and
 -- avatars.
 --
--- This file is part of the install script and is also the upgrade script
--- pg_s2t--0.1.0--0.2.0.sql (pg_s2t/sql/ links to it), so it must run both on
--- a fresh schema and on a 0.1.0 one. search_path is s2t in both cases.
+-- The upgrade script pg_s2t--0.1.0--0.2.0.sql is a frozen copy of this
+-- file as 0.2.0 shipped it; later changes go in later upgrade scripts.
 
 CREATE TABLE avatars (
     user_id      uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
@@ -54,7 +53,7 @@ CREATE TRIGGER stamp_upload_owner BEFORE INSERT ON audio_uploads
 GRANT INSERT ON audio_uploads TO s2t_app;
 
 CREATE FUNCTION attach_upload(in_recording_id uuid, in_upload_id uuid) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_owner uuid;
@@ -81,7 +80,7 @@ COMMENT ON FUNCTION attach_upload(uuid, uuid) IS 'Moves a staged upload (audio_u
 
 CREATE FUNCTION auth_lookup(in_login text)
 RETURNS TABLE (user_id uuid, password_hash text, status text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
     SELECT u.id, u.password_hash, u.status
       FROM users u
@@ -93,7 +92,7 @@ COMMENT ON FUNCTION auth_lookup(text) IS 'Login: the user with this e-mail addre
 CREATE FUNCTION issue_refresh_token(
     in_user_id uuid, in_token_hash bytea, in_ttl interval, in_family_id uuid DEFAULT NULL
 ) RETURNS uuid
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_id uuid;
@@ -113,21 +112,42 @@ END
 $$;
 COMMENT ON FUNCTION issue_refresh_token(uuid, bytea, interval, uuid) IS 'Stores the SHA-256 of a new refresh token for a login (a new family) and returns its id.';
 
-CREATE FUNCTION rotate_refresh_token(in_old_hash bytea, in_new_hash bytea, in_ttl interval)
+-- Rotation with a grace window. Two tabs refreshing at once, or a client
+-- retrying after a timeout, present the same token twice within moments; a
+-- strict rule would then revoke the whole family and sign the user out.
+-- The gateway derives the successor from the spent token (an HMAC under its
+-- secret), so an honest second presentation within in_grace arrives with
+-- the very successor already stored, and gets it back. A replay after the
+-- window, or with any other successor, is treated as theft.
+CREATE FUNCTION rotate_refresh_token(
+    in_old_hash bytea, in_new_hash bytea, in_ttl interval, in_grace interval DEFAULT interval '0'
+)
 RETURNS TABLE (user_id uuid, outcome text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_old refresh_tokens%ROWTYPE;
+    v_next refresh_tokens%ROWTYPE;
     v_status text;
     v_new uuid;
 BEGIN
+    IF in_grace IS NULL OR in_grace < interval '0' OR in_grace > interval '5 minutes' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = format('grace must be between 0 and 5 minutes, got %s', in_grace),
+            DETAIL = 'field: in_grace';
+    END IF;
     SELECT * INTO v_old FROM refresh_tokens t WHERE t.token_hash = in_old_hash FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT NULL::uuid, 'unknown';
         RETURN;
     END IF;
+    SELECT u.status INTO v_status FROM users u WHERE u.id = v_old.user_id;
     IF v_old.replaced_by IS NOT NULL THEN
+        SELECT * INTO v_next FROM refresh_tokens t WHERE t.id = v_old.replaced_by;
+        IF v_old.revoked_at > now() - in_grace AND v_next.token_hash = in_new_hash
+           AND v_next.revoked_at IS NULL AND v_next.expires_at > now() AND v_status = 'active' THEN
+            RETURN QUERY SELECT v_old.user_id, 'rotated';
+            RETURN;
+        END IF;
         -- A rotated token came back: someone kept a copy. End the session
         -- for everyone holding any token of this family.
         UPDATE refresh_tokens t SET revoked_at = now()
@@ -143,7 +163,6 @@ BEGIN
         RETURN QUERY SELECT v_old.user_id, 'expired';
         RETURN;
     END IF;
-    SELECT u.status INTO v_status FROM users u WHERE u.id = v_old.user_id;
     IF v_status IS DISTINCT FROM 'active' THEN
         RETURN QUERY SELECT v_old.user_id, 'disabled';
         RETURN;
@@ -155,10 +174,10 @@ BEGIN
     RETURN QUERY SELECT v_old.user_id, 'rotated';
 END
 $$;
-COMMENT ON FUNCTION rotate_refresh_token(bytea, bytea, interval) IS 'Exchanges a refresh token (by hash) for a new one in the same family. outcome: rotated, or unknown / expired / revoked / disabled, or reused (a rotated token again: the whole family is revoked).';
+COMMENT ON FUNCTION rotate_refresh_token(bytea, bytea, interval, interval) IS 'Exchanges a refresh token (by hash) for a new one in the same family. outcome: rotated (also for the same exchange repeated within in_grace, at most 5 minutes), or unknown / expired / revoked / disabled, or reused (a rotated token again after the grace, or with another successor: the whole family is revoked).';
 
 CREATE FUNCTION revoke_refresh_token(in_token_hash bytea) RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
     WITH family AS (SELECT family_id FROM refresh_tokens WHERE token_hash = in_token_hash),
          revoked AS (
@@ -170,7 +189,7 @@ $$;
 COMMENT ON FUNCTION revoke_refresh_token(bytea) IS 'Logout: revokes the session (the token''s family). False when the token is unknown.';
 
 CREATE FUNCTION purge_refresh_tokens(in_grace interval DEFAULT interval '7 days') RETURNS int
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
     WITH gone AS (
         DELETE FROM refresh_tokens
@@ -189,23 +208,26 @@ CREATE TABLE api_keys (
     key_hash     bytea NOT NULL UNIQUE CHECK (octet_length(key_hash) = 32),
     created_at   timestamptz NOT NULL DEFAULT now(),
     last_used_at timestamptz,
-    revoked_at   timestamptz
+    revoked_at   timestamptz,
+    expires_at   timestamptz
 );
 CREATE INDEX api_keys_user_idx ON api_keys (user_id);
 COMMENT ON TABLE api_keys IS 'Per-user API keys for tools, sent as bearer tokens; only their SHA-256 is kept (the key is shown once) with a short prefix to recognise it.';
 ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_api_keys ON api_keys TO s2t_app
     USING (user_id = current_user_id()) WITH CHECK (user_id = current_user_id());
-GRANT SELECT (id, user_id, name, prefix, created_at, last_used_at, revoked_at),
-      INSERT (user_id, name, prefix, key_hash), UPDATE (revoked_at) ON api_keys TO s2t_app;
+-- Keys are created only through s2t.create_api_key, which holds the limit.
+GRANT SELECT (id, user_id, name, prefix, created_at, last_used_at, revoked_at, expires_at),
+      UPDATE (revoked_at) ON api_keys TO s2t_app;
 
 CREATE FUNCTION api_key_user(in_key_hash bytea) RETURNS uuid
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
     WITH k AS (
         SELECT k.id, k.user_id, k.last_used_at
           FROM api_keys k JOIN users u ON u.id = k.user_id
-         WHERE k.key_hash = in_key_hash AND k.revoked_at IS NULL AND u.status = 'active'),
+         WHERE k.key_hash = in_key_hash AND k.revoked_at IS NULL AND u.status = 'active'
+           AND (k.expires_at IS NULL OR k.expires_at > now())),
     touched AS (
         -- At most one write a minute per key, not one per request.
         UPDATE api_keys SET last_used_at = now()
@@ -213,14 +235,14 @@ AS $$
         RETURNING 1)
     SELECT user_id FROM k
 $$;
-COMMENT ON FUNCTION api_key_user(bytea) IS 'The active user an API key (by SHA-256) belongs to, or NULL when unknown, revoked or the user is disabled; notes when it was last used.';
+COMMENT ON FUNCTION api_key_user(bytea) IS 'The active user an API key (by SHA-256) belongs to, or NULL when unknown, revoked, expired or the user is disabled; notes when it was last used.';
 
 REVOKE EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
-    rotate_refresh_token(bytea, bytea, interval), revoke_refresh_token(bytea),
+    rotate_refresh_token(bytea, bytea, interval, interval), revoke_refresh_token(bytea),
     attach_upload(uuid, uuid), trg_stamp_upload_owner(), purge_refresh_tokens(interval),
     api_key_user(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
-    rotate_refresh_token(bytea, bytea, interval), revoke_refresh_token(bytea),
+    rotate_refresh_token(bytea, bytea, interval, interval), revoke_refresh_token(bytea),
     attach_upload(uuid, uuid), api_key_user(bytea) TO s2t_app;
 
 GRANT EXECUTE ON FUNCTION purge_refresh_tokens(interval) TO s2t_worker;

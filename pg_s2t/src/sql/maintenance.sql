@@ -3,7 +3,7 @@
 --   SELECT cron.schedule('s2t-cleanup', '17 3 * * *', 'SELECT * FROM s2t.sp_cleanup_old_recordings(90, 1000)');
 
 CREATE FUNCTION reset_monthly_cycles() RETURNS int
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_count int;
@@ -19,7 +19,7 @@ $$;
 COMMENT ON FUNCTION reset_monthly_cycles() IS 'Starts the current UTC month''s cycle for every subscription whose cycle has ended; returns how many. Safe to run at any time and any number of times.';
 
 CREATE PROCEDURE sp_reset_monthly_cycles()
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_count int := reset_monthly_cycles();
@@ -33,7 +33,7 @@ COMMENT ON PROCEDURE sp_reset_monthly_cycles() IS 'The specification''s monthly 
 
 CREATE FUNCTION sp_cleanup_old_recordings(in_retention_days int DEFAULT 90, in_batch_size int DEFAULT 1000)
 RETURNS TABLE (deleted_recordings int, deleted_segments int)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 BEGIN
     IF in_retention_days IS NULL OR in_retention_days < 1 THEN

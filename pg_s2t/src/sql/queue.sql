@@ -9,7 +9,7 @@
 --                         status or progress changes.
 
 CREATE FUNCTION trg_enqueue_upload() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 BEGIN
     INSERT INTO jobs (recording_id) VALUES (NEW.id);
@@ -52,7 +52,7 @@ COMMENT ON FUNCTION _lease_lost(bigint) IS 'Internal: raises S2S01 for a worker 
 -- Jobs whose worker died during their last allowed attempt would otherwise
 -- stay 'running' forever: fail them with a reason.
 CREATE FUNCTION _fail_exhausted_jobs() RETURNS int
-LANGUAGE sql VOLATILE SET search_path = s2t, pg_catalog
+LANGUAGE sql VOLATILE SET search_path = s2t, pg_catalog, pg_temp
 AS $$
     WITH dead AS (
         UPDATE jobs j
@@ -77,12 +77,15 @@ COMMENT ON FUNCTION _fail_exhausted_jobs() IS 'Internal: fails running jobs whos
 CREATE FUNCTION claim_job(in_worker text, in_lease interval DEFAULT interval '5 minutes')
 RETURNS TABLE (
     job_id bigint, recording_id uuid, attempt int, lease_token uuid, lease_until timestamptz,
-    user_id uuid, language text, audio_uri text, meta jsonb
+    user_id uuid, language text, audio_uri text, meta jsonb, max_ms int
 )
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_job jobs%ROWTYPE;
+    v_rec recordings%ROWTYPE;
+    v_left bigint;
+    v_cap bigint;
 BEGIN
     IF in_worker IS NULL OR btrim(in_worker) = '' THEN
         RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'worker name must not be empty', DETAIL = 'field: in_worker';
@@ -92,31 +95,111 @@ BEGIN
             DETAIL = 'field: in_lease', HINT = 'Use a lease a few times the heartbeat interval.';
     END IF;
     PERFORM _fail_exhausted_jobs();
-    UPDATE jobs j
-       SET state = 'running', attempts = j.attempts + 1, visible_at = now() + in_lease,
-           lease_token = gen_random_uuid(), locked_by = left(in_worker, 200), updated_at = now()
-     WHERE j.id = (SELECT q.id FROM jobs q
-                    WHERE q.state IN ('queued', 'running') AND q.visible_at <= now()
-                      AND q.attempts < q.max_attempts
-                    ORDER BY q.visible_at, q.id
-                    LIMIT 1
-                    FOR UPDATE SKIP LOCKED)
-    RETURNING j.* INTO v_job;
-    IF NOT FOUND THEN
+    -- A job whose user has no minutes left is failed here and the next one
+    -- tried, so a worker never starts work it may not do. Bounded, so one
+    -- call stays short however many such jobs are queued.
+    FOR i IN 1..20 LOOP
+        -- The job and its recording are locked together and skipped when
+        -- either is busy (a late completion holds the recording), so claims
+        -- never wait on, or deadlock with, completions.
+        SELECT q.* INTO v_job FROM jobs q JOIN recordings r ON r.id = q.recording_id
+         WHERE q.state IN ('queued', 'running') AND q.visible_at <= now()
+           AND q.attempts < q.max_attempts
+         ORDER BY q.visible_at, q.id
+         LIMIT 1
+         FOR UPDATE OF q, r SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        SELECT * INTO v_rec FROM recordings r WHERE r.id = v_job.recording_id;
+
+        -- What this job may transcribe: the minutes left, counting what the
+        -- user's other recordings in flight hold but not this one's own
+        -- reservation. A file of known length gets its length plus a little
+        -- (headers round; decoders differ by a frame), never more than is
+        -- left, so a header that lies cannot buy extra minutes.
+        PERFORM _roll_cycle(v_rec.user_id);
+        SELECT p.monthly_minutes::bigint * 60 - s.used_seconds - (s.reserved_seconds - v_rec.reserved_seconds)
+          INTO v_left
+          FROM user_subscriptions s JOIN plans p ON p.id = s.plan_id
+         WHERE s.user_id = v_rec.user_id
+           FOR UPDATE OF s;
+        v_left := coalesce(v_left, 0);
+        v_cap := CASE WHEN v_rec.expected_ms IS NULL THEN v_left
+                      ELSE least(v_left, (v_rec.expected_ms::bigint + 999) / 1000 + 2 + v_rec.expected_ms / 50000) END;
+        IF v_cap <= 0 THEN
+            IF v_left + (SELECT s.reserved_seconds - v_rec.reserved_seconds FROM user_subscriptions s
+                          WHERE s.user_id = v_rec.user_id) > 0 THEN
+                -- The minutes left are held by the user's other recordings
+                -- in flight, which may give some back when they settle:
+                -- wait for that (settle_job_length and completions NOTIFY).
+                UPDATE jobs j SET visible_at = now() + interval '5 seconds', updated_at = now(),
+                       last_error = 'waiting: the minutes left are reserved by this user''s other recordings in progress'
+                 WHERE j.id = v_job.id;
+            ELSE
+                PERFORM fail_recording(v_rec.id, 'the monthly minutes were used up before transcription started; '
+                    || 'nothing was transcribed or charged');
+            END IF;
+            CONTINUE;
+        END IF;
+        UPDATE user_subscriptions s SET reserved_seconds = s.reserved_seconds - v_rec.reserved_seconds + v_cap
+         WHERE s.user_id = v_rec.user_id;
+        UPDATE recordings r SET reserved_seconds = v_cap WHERE r.id = v_rec.id;
+
+        UPDATE jobs j
+           SET state = 'running', attempts = j.attempts + 1, visible_at = now() + in_lease,
+               lease_token = gen_random_uuid(), locked_by = left(in_worker, 200), updated_at = now()
+         WHERE j.id = v_job.id
+        RETURNING j.* INTO v_job;
+        RETURN QUERY
+        SELECT v_job.id, v_job.recording_id, v_job.attempts, v_job.lease_token, v_job.visible_at,
+               v_rec.user_id, v_rec.language, v_rec.audio_uri, v_rec.meta, least(v_cap * 1000, 2147483647)::int;
         RETURN;
-    END IF;
-    RETURN QUERY
-    SELECT v_job.id, v_job.recording_id, v_job.attempts, v_job.lease_token, v_job.visible_at,
-           r.user_id, r.language, r.audio_uri, r.meta
-      FROM recordings r WHERE r.id = v_job.recording_id;
+    END LOOP;
 END
 $$;
-COMMENT ON FUNCTION claim_job(text, interval) IS 'Claims the oldest due job (FOR UPDATE SKIP LOCKED) with a lease; returns no row when none is due. A job whose lease expires can be claimed again; after max_attempts it fails.';
+COMMENT ON FUNCTION claim_job(text, interval) IS 'Claims the oldest due job (FOR UPDATE SKIP LOCKED) with a lease; returns no row when none is due. max_ms is the most audio the worker may transcribe (the minutes the user has left, reserved for this job); jobs of users with nothing left are failed instead of claimed. A job whose lease expires can be claimed again; after max_attempts it fails.';
+
+-- A file whose header did not tell its length holds all the minutes left
+-- from claim until the worker has decoded it; the worker then reports the
+-- real length here, which shrinks the reservation so the user's other
+-- files can start.
+CREATE FUNCTION settle_job_length(in_job_id bigint, in_lease_token uuid, in_audio_ms int) RETURNS int
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rec recordings%ROWTYPE;
+    v_want bigint;
+BEGIN
+    IF in_audio_ms IS NULL OR in_audio_ms < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = format('audio length must be at least 0 ms, got %s', in_audio_ms),
+            DETAIL = 'field: in_audio_ms';
+    END IF;
+    SELECT r.* INTO v_rec FROM jobs j JOIN recordings r ON r.id = j.recording_id
+     WHERE j.id = in_job_id AND j.state = 'running' AND j.lease_token = in_lease_token
+       FOR UPDATE OF r;
+    IF NOT FOUND THEN
+        PERFORM _lease_lost(in_job_id);
+    END IF;
+    v_want := (in_audio_ms::bigint + 999) / 1000;
+    IF v_want < v_rec.reserved_seconds THEN
+        UPDATE user_subscriptions s SET reserved_seconds = greatest(s.reserved_seconds - (v_rec.reserved_seconds - v_want), 0)
+         WHERE s.user_id = v_rec.user_id;
+        UPDATE recordings r SET reserved_seconds = v_want, expected_ms = coalesce(r.expected_ms, in_audio_ms)
+         WHERE r.id = v_rec.id;
+        PERFORM pg_notify('s2t_jobs', v_rec.id::text);
+        RETURN least(v_want * 1000, 2147483647)::int;
+    END IF;
+    UPDATE recordings r SET expected_ms = coalesce(r.expected_ms, in_audio_ms) WHERE r.id = v_rec.id;
+    RETURN least(v_rec.reserved_seconds::bigint * 1000, 2147483647)::int;
+END
+$$;
+COMMENT ON FUNCTION settle_job_length(bigint, uuid, int) IS 'For the worker holding the lease: reports the decoded length of the audio, shrinking the job''s reservation to it (never growing it). Returns the new max_ms: transcribe at most that much. Errors: S2S01 lease lost, S2V01 bad length.';
 
 CREATE FUNCTION heartbeat_job(
     in_job_id bigint, in_lease_token uuid, in_extend interval DEFAULT interval '5 minutes', in_progress real DEFAULT NULL
 ) RETURNS timestamptz
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_until timestamptz;
@@ -147,9 +230,10 @@ $$;
 COMMENT ON FUNCTION heartbeat_job(bigint, uuid, interval, real) IS 'Extends the lease of a job you hold and optionally records progress (0..1) in the recording''s meta.progress; returns the new lease end. Errors: S2S01 lease lost, S2V01 bad arguments.';
 
 CREATE FUNCTION complete_job(
-    in_job_id bigint, in_duration_ms int, in_segments jsonb, in_language text DEFAULT NULL
+    in_job_id bigint, in_duration_ms int, in_segments jsonb, in_language text DEFAULT NULL,
+    in_notice text DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_recording uuid;
@@ -160,14 +244,14 @@ BEGIN
     END IF;
     -- Whoever finishes first wins, even a worker whose lease ran out: the
     -- work is the same, and complete_recording makes it count once.
-    RETURN complete_recording(v_recording, in_duration_ms, in_segments, in_language);
+    RETURN complete_recording(v_recording, in_duration_ms, in_segments, in_language, in_notice);
 END
 $$;
-COMMENT ON FUNCTION complete_job(bigint, int, jsonb, text) IS 'Completes the job''s recording (see complete_recording): true the first time, false after. Errors as complete_recording, plus S2N01 unknown job.';
+COMMENT ON FUNCTION complete_job(bigint, int, jsonb, text, text) IS 'Completes the job''s recording (see complete_recording): true the first time, false after. Errors as complete_recording, plus S2N01 unknown job.';
 
 CREATE FUNCTION fail_job(in_job_id bigint, in_lease_token uuid, in_reason text, in_retryable boolean DEFAULT true)
 RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_job jobs%ROWTYPE;
@@ -196,7 +280,7 @@ $$;
 COMMENT ON FUNCTION fail_job(bigint, uuid, text, boolean) IS 'Reports a failed attempt. Retryable failures go back to the queue with exponential backoff (10 s doubling, at most 15 min) until max_attempts; the rest fail the recording with the reason. Returns the new state. Errors: S2S01 lease lost, S2N01 unknown job, S2V01 empty reason.';
 
 CREATE FUNCTION release_job(in_job_id bigint, in_lease_token uuid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_recording uuid;
@@ -217,7 +301,7 @@ COMMENT ON FUNCTION release_job(bigint, uuid) IS 'Gives a job back untouched (fo
 
 CREATE FUNCTION queue_stats()
 RETURNS TABLE (state text, jobs bigint, due bigint, oldest_created_at timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
     SELECT s.state, count(j.id), count(j.id) FILTER (WHERE j.visible_at <= now()), min(j.created_at)
       FROM unnest(ARRAY['queued', 'running', 'done', 'failed']) AS s(state)

@@ -118,7 +118,7 @@ CREATE FUNCTION register_user(
     in_email text, in_user_name text, in_hashed_pass text,
     in_name text DEFAULT NULL, in_default_plan_code text DEFAULT 'FREE'
 ) RETURNS uuid
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
     v_plan_id uuid;
@@ -131,6 +131,13 @@ BEGIN
     IF v_plan_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('plan %s not found', in_default_plan_code),
             HINT = (SELECT 'Known plans: ' || string_agg(code, ', ' ORDER BY monthly_minutes) FROM plans);
+    END IF;
+    -- Signing up through the application never starts on a paid plan.
+    IF _caller_is_app() AND (SELECT plan_cost FROM plans WHERE id = v_plan_id) > 0
+       AND NOT coalesce((SELECT self_service_plan_changes FROM settings), false) THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('plan %s is a paid plan; new accounts start on a free plan', in_default_plan_code),
+            HINT = 'Register on FREE, then buy the plan through billing.';
     END IF;
     BEGIN
         INSERT INTO users (email, user_name, password_hash)
@@ -155,7 +162,7 @@ COMMENT ON FUNCTION register_user(text, text, text, text, text) IS 'Creates a us
 CREATE PROCEDURE sp_register_user(
     in_email text, in_user_name text, in_hashed_pass text, in_name text, in_default_plan_code text
 )
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM register_user(in_email, in_user_name, in_hashed_pass, in_name, coalesce(in_default_plan_code, 'FREE'));
@@ -165,15 +172,25 @@ COMMENT ON PROCEDURE sp_register_user(text, text, text, text, text) IS 'The spec
 
 -- The admission decision, shared by the raising and the row-returning front
 -- doors so that neither needs a subtransaction.
+--
+-- Minutes are enforced for work in flight, not only for work done: a
+-- recording reserves its expected length (from the container header, when
+-- the caller could read it) against the allowance at admission, claim_job
+-- caps what a worker may transcribe at what is left, and completion settles
+-- the reservation into used_seconds. Without this, a user with 60 minutes
+-- left could queue thirty four-hour files at once and have them all done.
 CREATE FUNCTION _admit_recording(
     in_user_id uuid, in_source text, in_language text, in_meta jsonb, in_audio_uri text,
+    in_expected_ms int,
     OUT recording_id uuid, OUT refusal text[]
 )
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_reserve int;
     v_usage int;
     v_seconds int;
+    v_reserved int;
     v_cycle_end timestamptz;
     v_user_status text;
     v_plan_code text;
@@ -195,38 +212,58 @@ BEGIN
         refusal := _problem('S2V01', 'meta must be a JSON object', 'field: meta', 'Pass ''{}'' for no metadata.');
         RETURN;
     END IF;
+    IF in_expected_ms IS NOT NULL AND in_expected_ms < 0 THEN
+        refusal := _problem('S2V01', format('expected duration must not be negative, got %s ms', in_expected_ms),
+                            'field: expected_ms', 'Pass NULL when the length of the audio is not known.');
+        RETURN;
+    END IF;
+    -- The application may only point at audio it stored in the database:
+    -- a file:// or other URI would make a worker read wherever it says.
+    IF in_audio_uri IS NOT NULL AND in_audio_uri <> 'db:' AND _caller_is_app() THEN
+        refusal := _problem('42501', 'the application role may only create recordings whose audio is in the database (audio_uri ''db:'')',
+                            'field: audio_uri', 'Stage the bytes with COPY into s2t.audio_uploads and attach them with s2t.attach_upload.');
+        RETURN;
+    END IF;
+    -- Whole seconds, rounded up, as billing rounds.
+    v_reserve := coalesce((in_expected_ms::bigint + 999) / 1000, 0)::int;
 
     -- Check and count in one conditional UPDATE: it takes the row lock, so
     -- concurrent admissions of one user queue here and each sees the count
-    -- the previous one left (the seed read without a lock and over-admitted).
-    -- An ended cycle restarts in the same statement, so the month boundary
-    -- never locks anyone out.
+    -- and the reservations the previous one left (the seed read without a
+    -- lock and over-admitted). An ended cycle restarts in the same
+    -- statement, so the month boundary never locks anyone out; reservations
+    -- of recordings still in flight carry over into the new cycle. A
+    -- recording of unknown length needs at least one second left; claim_job
+    -- then caps it at what is left when it starts.
     recording_id := gen_random_uuid();
     UPDATE user_subscriptions s
        SET usage_count  = CASE WHEN s.cycle_end <= now() THEN 1 ELSE s.usage_count + 1 END,
            used_seconds = CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END,
+           reserved_seconds = s.reserved_seconds + v_reserve,
            cycle_start  = CASE WHEN s.cycle_end <= now() THEN date_trunc('month', now(), 'UTC') ELSE s.cycle_start END,
            cycle_end    = CASE WHEN s.cycle_end <= now()
                                THEN date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC')
                                ELSE s.cycle_end END
       FROM plans p, users u
      WHERE s.user_id = in_user_id AND p.id = s.plan_id AND u.id = s.user_id AND u.status = 'active'
-       AND (s.cycle_end <= now()
-            OR (s.usage_count < p.monthly_usage_limit AND s.used_seconds < p.monthly_minutes * 60));
+       AND CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.usage_count END < p.monthly_usage_limit
+       AND CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END::bigint
+           + s.reserved_seconds + greatest(v_reserve, 1) <= p.monthly_minutes::bigint * 60;
     IF FOUND THEN
         -- Tell the usage trigger that this row is already counted.
         PERFORM set_config('s2t.counted_recording', recording_id::text, true);
-        INSERT INTO recordings (id, user_id, source, language, meta, audio_uri)
+        INSERT INTO recordings (id, user_id, source, language, meta, audio_uri, reserved_seconds, expected_ms)
         VALUES (recording_id, in_user_id, in_source, coalesce(in_language, 'vi'),
-                coalesce(in_meta, '{}'::jsonb), in_audio_uri);
+                coalesce(in_meta, '{}'::jsonb), in_audio_uri, v_reserve, in_expected_ms);
         RETURN;
     END IF;
     recording_id := NULL;
 
     -- Refused: find out why, for the message (no lock needed to explain).
-    SELECT s.usage_count, s.used_seconds, s.cycle_end, u.status, p.code,
-           p.monthly_usage_limit, p.monthly_minutes
-      INTO v_usage, v_seconds, v_cycle_end, v_user_status, v_plan_code, v_usage_limit, v_minutes
+    SELECT CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.usage_count END,
+           CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END,
+           s.reserved_seconds, s.cycle_end, u.status, p.code, p.monthly_usage_limit, p.monthly_minutes
+      INTO v_usage, v_seconds, v_reserved, v_cycle_end, v_user_status, v_plan_code, v_usage_limit, v_minutes
       FROM user_subscriptions s
       JOIN users u ON u.id = s.user_id
       JOIN plans p ON p.id = s.plan_id
@@ -234,7 +271,12 @@ BEGIN
     IF NOT FOUND THEN
         refusal := _problem('S2N01', format('user %s not found', in_user_id), 'no subscription for this user',
                             'Register the user with s2t.register_user first.');
-    ELSIF v_user_status <> 'active' THEN
+        RETURN;
+    END IF;
+    IF v_cycle_end <= now() THEN
+        v_cycle_end := (_current_cycle()).cycle_end;
+    END IF;
+    IF v_user_status <> 'active' THEN
         refusal := _problem('S2S01', format('user %s is %s', in_user_id, v_user_status), NULL,
                             'A disabled account cannot create recordings.');
     ELSIF v_usage >= v_usage_limit THEN
@@ -243,34 +285,44 @@ BEGIN
                    v_usage, v_usage_limit, v_plan_code, _utc(v_cycle_end)),
             format('limit: monthly_usage_limit; used: %s; limit_value: %s; resets_at: %s',
                    v_usage, v_usage_limit, _utc(v_cycle_end)),
-            'Wait for the reset or move to a larger plan with s2t.sp_change_user_plan.');
+            'Wait for the reset or move to a larger plan.');
+    ELSIF v_seconds::bigint + v_reserved >= v_minutes::bigint * 60 THEN
+        refusal := _problem('S2Q02',
+            format('monthly minutes used up: %s of %s seconds used%s on plan %s; resets at %s',
+                   v_seconds, v_minutes * 60,
+                   CASE WHEN v_reserved > 0 THEN format(' and %s reserved by recordings in progress', v_reserved) ELSE '' END,
+                   v_plan_code, _utc(v_cycle_end)),
+            format('limit: monthly_minutes; used: %s; reserved: %s; limit_value: %s; resets_at: %s',
+                   v_seconds, v_reserved, v_minutes * 60, _utc(v_cycle_end)),
+            'Wait for the reset or move to a larger plan.');
     ELSE
         refusal := _problem('S2Q02',
-            format('monthly minutes used up: %s of %s seconds used on plan %s; resets at %s',
-                   v_seconds, v_minutes * 60, v_plan_code, _utc(v_cycle_end)),
-            format('limit: monthly_minutes; used: %s; limit_value: %s; resets_at: %s',
-                   v_seconds, v_minutes * 60, _utc(v_cycle_end)),
-            'Wait for the reset or move to a larger plan with s2t.sp_change_user_plan.');
+            format('this recording is %s seconds long, but only %s of the monthly %s seconds are left on plan %s (%s used, %s reserved by recordings in progress); resets at %s',
+                   v_reserve, v_minutes::bigint * 60 - v_seconds - v_reserved, v_minutes * 60, v_plan_code,
+                   v_seconds, v_reserved, _utc(v_cycle_end)),
+            format('limit: monthly_minutes; used: %s; reserved: %s; requested: %s; limit_value: %s; resets_at: %s',
+                   v_seconds, v_reserved, v_reserve, v_minutes * 60, _utc(v_cycle_end)),
+            'Send a shorter file, wait for the reset or move to a larger plan.');
     END IF;
 END
 $$;
-COMMENT ON FUNCTION _admit_recording(uuid, text, text, jsonb, text) IS 'Internal: checks quota under a row lock and creates the recording, or returns why not.';
+COMMENT ON FUNCTION _admit_recording(uuid, text, text, jsonb, text, int) IS 'Internal: checks the quota (counting the minutes reserved by recordings in flight) under a row lock, reserves the expected length and creates the recording, or returns why not.';
 
 CREATE FUNCTION check_quota_and_create_recording(
     in_user_id uuid, in_source text, in_language text DEFAULT 'vi',
-    in_meta jsonb DEFAULT '{}'::jsonb, in_audio_uri text DEFAULT NULL
+    in_meta jsonb DEFAULT '{}'::jsonb, in_audio_uri text DEFAULT NULL, in_expected_ms int DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_result record;
 BEGIN
-    SELECT * INTO v_result FROM s2t._admit_recording(in_user_id, in_source, in_language, in_meta, in_audio_uri);
+    SELECT * INTO v_result FROM s2t._admit_recording(in_user_id, in_source, in_language, in_meta, in_audio_uri, in_expected_ms);
     PERFORM s2t.raise_problem(v_result.refusal);
     RETURN v_result.recording_id;
 END
 $$;
-COMMENT ON FUNCTION check_quota_and_create_recording(uuid, text, text, jsonb, text) IS 'Atomically checks the quota and creates a recording (an upload also enqueues a transcription job). Errors: S2Q01 usage limit, S2Q02 minutes limit (message and detail give usage, limit and reset time), S2N01 unknown user, S2S01 disabled user, S2V01 bad input.';
+COMMENT ON FUNCTION check_quota_and_create_recording(uuid, text, text, jsonb, text, int) IS 'Atomically checks the quota and creates a recording (an upload also enqueues a transcription job), reserving in_expected_ms (rounded up to seconds) of the monthly minutes until it completes. Errors: S2Q01 usage limit, S2Q02 minutes limit or the recording is longer than what is left (message and detail give usage, reservations, limit and reset time), 42501 an application role naming audio outside the database, S2N01 unknown user, S2S01 disabled user, S2V01 bad input.';
 
 CREATE FUNCTION sp_check_quota_and_create_recording(
     in_user_id uuid, in_source text, in_language text DEFAULT 'vi', in_meta jsonb DEFAULT '{}'::jsonb
@@ -278,6 +330,30 @@ CREATE FUNCTION sp_check_quota_and_create_recording(
 LANGUAGE sql VOLATILE
 AS $$
     SELECT a.recording_id, a.refusal IS NULL, coalesce(a.refusal[2], '')
-    FROM s2t._admit_recording(in_user_id, in_source, in_language, in_meta, NULL) a
+    FROM s2t._admit_recording(in_user_id, in_source, in_language, in_meta, NULL, NULL) a
 $$;
 COMMENT ON FUNCTION sp_check_quota_and_create_recording(uuid, text, text, jsonb) IS 'The specification''s admission function: returns (recording_id, true, '''') or (NULL, false, reason) instead of raising.';
+
+-- A reservation ends when its recording stops processing, however it stops:
+-- completed, failed (by a worker or after its last attempt) or deleted.
+CREATE FUNCTION trg_release_reservation() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE user_subscriptions
+       SET reserved_seconds = greatest(reserved_seconds - OLD.reserved_seconds, 0)
+     WHERE user_id = OLD.user_id;
+    -- A job waiting for these minutes may start now.
+    PERFORM pg_notify('s2t_jobs', OLD.id::text);
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION trg_release_reservation() IS 'Trigger: gives a recording''s reserved seconds back to its subscription when it stops processing or is deleted.';
+CREATE TRIGGER release_reservation
+    AFTER UPDATE OF status ON recordings FOR EACH ROW
+    WHEN (OLD.status = 'processing' AND NEW.status <> 'processing' AND OLD.reserved_seconds > 0)
+    EXECUTE FUNCTION trg_release_reservation();
+CREATE TRIGGER release_reservation_on_delete
+    AFTER DELETE ON recordings FOR EACH ROW
+    WHEN (OLD.status = 'processing' AND OLD.reserved_seconds > 0)
+    EXECUTE FUNCTION trg_release_reservation();

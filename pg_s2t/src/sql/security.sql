@@ -75,32 +75,34 @@ $revoke$;
 GRANT EXECUTE ON FUNCTION fold_text(text), extension_version(), current_user_id(),
     normalize_email(text), raise_problem(text[]) TO PUBLIC;
 
+-- The application (gateway) registers users, admits recordings, reads
+-- statistics and moves a user between plans within the self-service rules.
+-- It cannot complete or fail recordings: that is the worker's word, and a
+-- completion is where seconds are billed.
 GRANT EXECUTE ON FUNCTION
     register_user(text, text, text, text, text),
-    _admit_recording(uuid, text, text, jsonb, text),
-    check_quota_and_create_recording(uuid, text, text, jsonb, text),
+    _admit_recording(uuid, text, text, jsonb, text, int),
+    check_quota_and_create_recording(uuid, text, text, jsonb, text, int),
     sp_check_quota_and_create_recording(uuid, text, text, jsonb),
-    complete_recording(uuid, int, jsonb, text),
-    fail_recording(uuid, text),
     sp_get_user_stats(uuid),
     sp_change_user_plan(uuid, text, boolean)
-TO s2t_app, s2t_worker;
-GRANT EXECUTE ON PROCEDURE
-    sp_register_user(text, text, text, text, text),
-    sp_complete_recording(uuid, int, jsonb)
-TO s2t_app, s2t_worker;
+TO s2t_app;
+GRANT EXECUTE ON PROCEDURE sp_register_user(text, text, text, text, text) TO s2t_app;
 
 GRANT EXECUTE ON FUNCTION
     claim_job(text, interval),
     heartbeat_job(bigint, uuid, interval, real),
-    complete_job(bigint, int, jsonb, text),
+    settle_job_length(bigint, uuid, int),
+    complete_job(bigint, int, jsonb, text, text),
     fail_job(bigint, uuid, text, boolean),
     release_job(bigint, uuid),
+    complete_recording(uuid, int, jsonb, text, text),
+    fail_recording(uuid, text),
     queue_stats(),
     reset_monthly_cycles(),
     sp_cleanup_old_recordings(int, int)
 TO s2t_worker;
-GRANT EXECUTE ON PROCEDURE sp_reset_monthly_cycles() TO s2t_worker;
+GRANT EXECUTE ON PROCEDURE sp_reset_monthly_cycles(), sp_complete_recording(uuid, int, jsonb) TO s2t_worker;
 
 COMMENT ON SCHEMA s2t IS 'pg_s2t: speech-to-text data model, quotas, job queue and search';
 COMMENT ON FUNCTION extension_version() IS 'Version of the loaded pg_s2t library; compare with pg_extension.extversion.';
@@ -108,4 +110,42 @@ COMMENT ON FUNCTION fold_text(text) IS 'Lower-cases and strips diacritics (Vietn
 COMMENT ON FUNCTION normalize_email(text) IS 'Trimmed, lower-case e-mail address, or NULL if the input is not one.';
 COMMENT ON FUNCTION registration_problem(text, text, text, text) IS 'NULL if registration input is valid, else [sqlstate, message, detail, hint].';
 COMMENT ON FUNCTION segments_problem(jsonb, int) IS 'NULL if the segments are valid for the duration, else [sqlstate, message, detail, hint].';
+COMMENT ON FUNCTION billing_signature_problem(text, text, text, bigint, int) IS 'NULL if the billing signature (t=<unix>,v1=<hex HMAC-SHA256 of t.payload>) is valid and within the tolerance of now, else why not.';
 COMMENT ON FUNCTION retry_backoff_seconds(int) IS 'Seconds before retrying after the given failed attempt: 10, 20, 40, ... at most 900.';
+
+-- Who owns what runs with privileges. A SECURITY DEFINER function runs as
+-- its owner, and CREATE EXTENSION makes the installing superuser the owner
+-- of everything: one hole in one function would then be a superuser's. So
+-- the tables and every SECURITY DEFINER function belong to s2t_definer, a
+-- role that cannot log in, is no superuser and owns nothing outside this
+-- schema. Owning the tables is what lets those functions see past
+-- row-level security (an owner is not subject to its own table's policies).
+DO $owner$
+DECLARE
+    v_obj record;
+BEGIN
+    EXECUTE 'GRANT USAGE ON SCHEMA s2t TO s2t_definer';
+    FOR v_obj IN
+        SELECT c.oid::regclass AS rel
+          FROM pg_class c
+          JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+          JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_s2t'
+         WHERE c.relkind IN ('r', 'p')
+    LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO s2t_definer', v_obj.rel);
+    END LOOP;
+    FOR v_obj IN
+        SELECT p.oid::regprocedure AS routine, p.prosecdef
+          FROM pg_proc p
+          JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+          JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_s2t'
+    LOOP
+        -- The definer's functions call the extension's helpers, which are
+        -- closed to PUBLIC.
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO s2t_definer', v_obj.routine);
+        IF v_obj.prosecdef THEN
+            EXECUTE format('ALTER ROUTINE %s OWNER TO s2t_definer', v_obj.routine);
+        END IF;
+    END LOOP;
+END
+$owner$;

@@ -12,9 +12,13 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 's2t_worker') THEN
         CREATE ROLE s2t_worker NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 's2t_definer') THEN
+        CREATE ROLE s2t_definer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+    END IF;
 END
 $roles$;
 COMMENT ON ROLE s2t_app IS 'pg_s2t: the application (gateway) role; sees only the rows of the user named by s2t.user_id';
+COMMENT ON ROLE s2t_definer IS 'pg_s2t: owns the tables and the SECURITY DEFINER functions, so they run with no more than the data model''s rights; no one logs in as it';
 COMMENT ON ROLE s2t_worker IS 'pg_s2t: transcription workers; may claim and complete jobs and run maintenance';
 
 CREATE TABLE users (
@@ -66,6 +70,7 @@ CREATE TABLE user_subscriptions (
     cycle_end    timestamptz NOT NULL DEFAULT date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC'),
     usage_count  int NOT NULL DEFAULT 0 CHECK (usage_count >= 0),
     used_seconds int NOT NULL DEFAULT 0 CHECK (used_seconds >= 0),
+    reserved_seconds int NOT NULL DEFAULT 0 CHECK (reserved_seconds >= 0),
     CONSTRAINT unique_user_subscription UNIQUE (user_id),
     CONSTRAINT cycle_is_forward CHECK (cycle_end > cycle_start)
 ) WITH (fillfactor = 20);
@@ -73,6 +78,7 @@ CREATE TABLE user_subscriptions (
 -- concurrent admissions of different users queue on the same page's lock;
 -- a low fillfactor spreads them out and leaves room for HOT updates
 -- (measured with make bench: about 1.6x at 32 clients).
+COMMENT ON COLUMN user_subscriptions.reserved_seconds IS 'Sum of reserved_seconds over this user''s recordings in flight: admission counts it as spent, so work in flight cannot exceed the minutes.';
 COMMENT ON TABLE user_subscriptions IS 'One subscription per user. Cycles are calendar months in UTC, rolled forward lazily by the quota check and in bulk by reset_monthly_cycles().';
 
 CREATE TABLE recordings (
@@ -88,11 +94,15 @@ CREATE TABLE recordings (
     failure_reason text,
     audio_uri      text,
     billed_seconds int NOT NULL DEFAULT 0 CHECK (billed_seconds >= 0),
+    reserved_seconds int NOT NULL DEFAULT 0 CHECK (reserved_seconds >= 0),
+    expected_ms    int CHECK (expected_ms >= 0),
     CONSTRAINT failure_has_reason CHECK (status <> 'failed' OR failure_reason IS NOT NULL)
 );
 COMMENT ON TABLE recordings IS 'A transcription of one upload or one realtime session. status: processing -> done | failed.';
 COMMENT ON COLUMN recordings.failure_reason IS 'Why the recording failed, in words a user can read; set when status = failed.';
 COMMENT ON COLUMN recordings.audio_uri IS 'Where the audio lives: "db:" means the bytes are in s2t.recording_audio (so a worker needs only a database connection); file:// and other schemes name external storage.';
+COMMENT ON COLUMN recordings.expected_ms IS 'Length of the audio as its container header declares it, read at admission; NULL when unknown. The reservation and the cap on what a worker transcribes follow from it.';
+COMMENT ON COLUMN recordings.reserved_seconds IS 'Seconds of the monthly minutes this recording holds while it is processing (its expected length, or what claim_job granted); released when it is done, failed or deleted.';
 COMMENT ON COLUMN recordings.billed_seconds IS 'Seconds charged to the subscription by complete_recording (duration rounded up); 0 until done.';
 COMMENT ON COLUMN recordings.meta IS 'Free-form client metadata; the worker keeps progress (0..1) in meta.progress.';
 -- Listing is per user, newest first, with a cursor on (created_at, id); a
