@@ -50,6 +50,9 @@ cluster_start "$DATA" "$PORT"
 if [ "$(psql_admin "$DATA" "$PORT" postgres -c "SELECT count(*) FROM pg_database WHERE datname = 's2t'")" = "0" ]; then
     psql_admin "$DATA" "$PORT" postgres -c "CREATE DATABASE s2t"
 fi
+# No temporary objects for the service roles: nothing needs them, and they
+# are how a caller shadows tables (the extension pins pg_temp last anyway).
+psql_admin "$DATA" "$PORT" postgres -c "REVOKE TEMPORARY ON DATABASE s2t FROM PUBLIC"
 psql_admin "$DATA" "$PORT" s2t <<'SQL'
 CREATE EXTENSION IF NOT EXISTS pg_s2t CASCADE;
 SELECT 'ALTER EXTENSION pg_s2t UPDATE' FROM pg_extension e, pg_available_extensions a

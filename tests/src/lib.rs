@@ -57,6 +57,10 @@ impl TestDb {
         root.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .await
             .expect("create test database");
+        // As make run sets it up: no temporary objects for the services.
+        root.batch_execute(&format!("REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC"))
+            .await
+            .expect("revoke TEMP");
         let admin = connect(&Self::url_for(&name, "s2t")).await;
         TestDb { name, admin }
     }
