@@ -20,6 +20,9 @@ pub struct Claim {
     pub model: Option<String>,
     /// `meta.prompt`: text that conditions the first window (names, terms).
     pub prompt: Option<String>,
+    /// The most audio this job may transcribe, in ms (the user's minutes
+    /// left at the claim, reserved for it); `None` means no cap.
+    pub max_ms: Option<i32>,
 }
 
 /// The SQLSTATE the extension raises when a lease is gone.
@@ -42,7 +45,7 @@ pub async fn claim(
     let row = client
         .query_opt(
             "SELECT job_id, recording_id, attempt, lease_token, coalesce(language, 'vi'), audio_uri,
-                    meta ->> 'model', meta ->> 'prompt'
+                    meta ->> 'model', meta ->> 'prompt', max_ms
                FROM s2t.claim_job($1, $2::text::interval)",
             &[&worker, &interval(lease_secs)],
         )
@@ -56,6 +59,7 @@ pub async fn claim(
         audio_uri: r.get(5),
         model: r.get(6),
         prompt: r.get(7),
+        max_ms: r.get(8),
     }))
 }
 
@@ -85,11 +89,12 @@ pub async fn complete(
     duration_ms: i32,
     segments: &serde_json::Value,
     language: Option<&str>,
+    notice: Option<&str>,
 ) -> Result<bool, PgError> {
     client
         .query_one(
-            "SELECT s2t.complete_job($1, $2, $3, $4)",
-            &[&c.job_id, &duration_ms, segments, &language],
+            "SELECT s2t.complete_job($1, $2, $3, $4, $5)",
+            &[&c.job_id, &duration_ms, segments, &language, &notice],
         )
         .await
         .map(|r| r.get(0))
@@ -129,8 +134,13 @@ pub enum AudioSource {
 }
 
 /// The audio of a claimed recording: from `s2t.recording_audio` for
-/// `db:`, or a local path for `file://` (a deployment with shared storage).
-pub async fn load_audio(client: &Client, c: &Claim) -> Result<AudioSource, PgError> {
+/// `db:`, or a local path for `file://` (a deployment with shared storage),
+/// which must resolve under `audio_root` (see [`crate::audio_path`]).
+pub async fn load_audio(
+    client: &Client,
+    c: &Claim,
+    audio_root: Option<&std::path::Path>,
+) -> Result<AudioSource, PgError> {
     match c.audio_uri.as_deref() {
         Some("db:") | None => {
             let row = client
@@ -148,16 +158,18 @@ pub async fn load_audio(client: &Client, c: &Claim) -> Result<AudioSource, PgErr
             })
         }
         Some(uri) if uri.starts_with("file://") => {
-            let path = &uri["file://".len()..];
-            Ok(match tokio::fs::read(path).await {
+            let path = match crate::audio_path::resolve_file_uri(uri, audio_root) {
+                Ok(path) => path,
+                Err(e) => return Ok(AudioSource::Missing(e.to_string())),
+            };
+            Ok(match tokio::fs::read(&path).await {
                 Ok(bytes) => AudioSource::Bytes(
                     bytes,
-                    std::path::Path::new(path)
-                        .extension()
+                    path.extension()
                         .and_then(|e| e.to_str())
                         .map(str::to_string),
                 ),
-                Err(e) => AudioSource::Missing(format!("cannot read {path}: {e}")),
+                Err(e) => AudioSource::Missing(format!("cannot read {}: {e}", path.display())),
             })
         }
         Some(other) => Ok(AudioSource::Missing(format!(

@@ -5,14 +5,22 @@
 //! - [`audio`]: decoding any common format to 16 kHz mono.
 //! - [`asr`]: VAD, Whisper and the hallucination guards.
 //! - [`jobs`]: the queue calls into the extension.
-//! - [`runner`]: the job loop (LISTEN, leases, heartbeats, shutdown).
+//! - [`runner`]: the job loop (LISTEN, claims, completion, shutdown).
+//! - [`lease`]: the per-job heartbeat task that renews or gives up a lease.
+//! - [`faults`]: which failures are retried, and lease timing.
+//! - [`audio_path`]: `file://` audio confined to a root.
+//! - [`pgtls`]: `sslmode` for every connection.
 //! - [`model`]: converting the packaged CTranslate2 Whisper models to
 //!   whisper.cpp's ggml format (`s2t-worker convert-model`).
 
 pub mod asr;
 pub mod audio;
+pub mod audio_path;
+pub mod faults;
 pub mod jobs;
+pub mod lease;
 pub mod model;
+pub mod pgtls;
 pub mod runner;
 
 /// The queue channel the extension NOTIFYs when a job becomes claimable.

@@ -61,7 +61,9 @@ struct RunArgs {
     /// (much faster for short clips; false = always the full window).
     #[arg(long, env = "S2T_FIT_AUDIO_CTX", default_value_t = true, action = clap::ArgAction::Set)]
     fit_audio_ctx: bool,
-    /// Lease on a claimed job; heartbeats renew it every third of it.
+    /// Lease on a claimed job; a heartbeat renews it every third of it from
+    /// the claim on, and the job stops if it cannot be renewed by a sixth
+    /// before its end.
     #[arg(long, default_value_t = 60)]
     lease_secs: u64,
     /// Poll the queue this often even without notifications.
@@ -85,6 +87,10 @@ struct RunArgs {
     /// On SIGTERM, let the current job finish for this long, then release it.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
+    /// Directory that `file://` audio must resolve under (after `..` and
+    /// symlinks); without it, `file://` recordings are refused.
+    #[arg(long, env = "S2T_AUDIO_ROOT")]
+    audio_root: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +223,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         maintenance_secs: args.maintenance_secs,
         retention_days: args.retention_days,
         shutdown_grace_secs: args.shutdown_grace_secs,
+        audio_root: args.audio_root,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

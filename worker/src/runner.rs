@@ -1,19 +1,45 @@
-//! The job loop: LISTEN plus polling, claiming with a lease, heartbeats with
-//! progress, completion exactly once, reconnection, maintenance and a
-//! graceful shutdown.
+//! The job loop: LISTEN plus polling, claiming with a lease, completion
+//! exactly once, reconnection, maintenance and a graceful shutdown.
 //!
 //! Each slot owns one connection and runs one job at a time; `concurrency`
 //! slots share the models and a thread budget, so decoding never runs more
-//! busy-waiting ggml threads than the budget allows.
+//! busy-waiting ggml threads than the budget allows. From the moment of the
+//! claim a [`LeaseKeeper`] renews the job's lease on its own connection;
+//! when it gives the lease up, the job stops where it is and is neither
+//! completed nor failed (the next claim redoes it).
+//!
+//! Faults, and what they cost:
+//! - A database blip: every call that touches the database reconnects and
+//!   tries again while the lease is held (completion is idempotent, so a
+//!   repeat is harmless). Only transient errors are retried this way
+//!   ([`faults::classify`]); a permanent one (the extension rejects the
+//!   transcript with `S2V01`, undecodable or missing audio, a path outside
+//!   the audio root, no model for the language) fails the job at once with
+//!   the reason (`fail_job(..., retryable => false)`).
+//! - A panic in decoding or Whisper is caught by its blocking task
+//!   (`spawn_blocking` unwinds into a `JoinError`): it costs that job one
+//!   attempt and nothing else.
+//! - A crash that ends the process (whisper.cpp's `GGML_ASSERT` abort, the
+//!   kernel's OOM killer) is not caught in-process: every job the process
+//!   held loses its lease, and each is claimed again by its own expiry,
+//!   counting one attempt per job; a job that crashes every time fails
+//!   after `max_attempts` with "the worker stopped responding". Running
+//!   each transcription in a supervised child process would confine that
+//!   to the crashing job; it is not done yet (see the README).
 
-use crate::asr::{Engine, TranscribeOptions};
+use crate::asr::{Engine, EngineError, TranscribeOptions};
 use crate::audio::{self, AudioError};
+use crate::faults::{self, ErrorClass};
 use crate::jobs::{self, AudioSource, Claim};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use crate::lease::LeaseKeeper;
+use crate::pgtls::{self, Target};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{Client, NoTls};
+use tokio::time::Instant;
+use tokio_postgres::Client;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -33,6 +59,9 @@ pub struct Settings {
     pub maintenance_secs: u64,
     pub retention_days: i32,
     pub shutdown_grace_secs: u64,
+    /// `file://` audio must resolve under this directory; `None` refuses
+    /// `file://` altogether.
+    pub audio_root: Option<PathBuf>,
 }
 
 /// What became of one job, for logs and tests.
@@ -43,10 +72,10 @@ pub enum Outcome {
     Failed(String),
     Retry(String),
     Released,
-    LeaseLost,
+    LeaseLost(String),
 }
 
-fn log(event: &str, fields: serde_json::Value) {
+pub(crate) fn log(event: &str, fields: serde_json::Value) {
     let mut line = serde_json::json!({
         "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "event": event,
@@ -58,16 +87,11 @@ fn log(event: &str, fields: serde_json::Value) {
 }
 
 /// Connect, retrying with backoff until it works or shutdown starts.
-async fn connect(url: &str, stop: &watch::Receiver<bool>) -> Option<Client> {
+async fn connect(target: &Target, stop: &watch::Receiver<bool>) -> Option<Client> {
     let mut wait = Duration::from_millis(250);
     loop {
-        match tokio_postgres::connect(url, NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                return Some(client);
-            }
+        match pgtls::connect(target).await {
+            Ok(client) => return Some(client),
             Err(e) => {
                 log(
                     "connect_failed",
@@ -83,8 +107,100 @@ async fn connect(url: &str, stop: &watch::Receiver<bool>) -> Option<Client> {
     }
 }
 
+/// A slot's connection, reopened on demand after it breaks.
+struct SlotDb {
+    target: Target,
+    client: Option<Client>,
+}
+
+impl SlotDb {
+    async fn client(&mut self) -> Result<&Client, tokio_postgres::Error> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(pgtls::connect(&self.target).await?);
+        }
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+}
+
+/// Why a job's database call gave up.
+enum Stop {
+    LeaseLost(String),
+    Permanent(tokio_postgres::Error),
+}
+
+/// Wait a little before the next try, or less if the lease is lost.
+async fn pause(keeper: &LeaseKeeper) {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        _ = keeper.lost_changed() => {}
+    }
+}
+
+/// Run `$call` with the slot's client `$c`, reconnecting and trying again
+/// on transient errors for as long as the lease is held.
+macro_rules! retrying {
+    ($db:expr, $keeper:expr, |$c:ident| $call:expr) => {
+        loop {
+            if let Some(reason) = $keeper.lost() {
+                break Err(Stop::LeaseLost(reason));
+            }
+            let $c = match $db.client().await {
+                Ok(c) => c,
+                Err(e) => {
+                    log("reconnect_failed", serde_json::json!({"error": e.to_string()}));
+                    pause($keeper).await;
+                    continue;
+                }
+            };
+            match $call.await {
+                Ok(v) => break Ok(v),
+                Err(e) => match faults::classify(&e) {
+                    ErrorClass::Transient => {
+                        log("db_retry", serde_json::json!({"error": e.to_string()}));
+                        pause($keeper).await;
+                    }
+                    ErrorClass::LeaseLost => break Err(Stop::LeaseLost(e.to_string())),
+                    ErrorClass::Permanent => break Err(Stop::Permanent(e)),
+                },
+            }
+        }
+    };
+}
+
+/// The part of the audio a job may transcribe when the user's minutes
+/// allow only `max_ms` of it: how many 16 kHz samples to keep, the length
+/// to report, and the notice to store. `None` when it all fits.
+pub fn cut_to_allowance(
+    samples: usize,
+    duration_ms: u64,
+    max_ms: Option<i32>,
+) -> Option<(usize, u64, String)> {
+    let max = u64::try_from(max_ms?).unwrap_or(0);
+    if duration_ms <= max {
+        return None;
+    }
+    let keep = samples.min((max * 16) as usize);
+    let secs = |ms: u64| {
+        if ms.is_multiple_of(1000) {
+            format!("{}", ms / 1000)
+        } else {
+            format!("{:.1}", ms as f64 / 1000.0)
+        }
+    };
+    Some((
+        keep,
+        max,
+        format!(
+            "monthly minutes allowance reached: transcribed the first {} s of {} s",
+            secs(max),
+            secs(duration_ms)
+        ),
+    ))
+}
+
 struct Shared {
     settings: Settings,
+    target: Target,
     engine: Arc<Engine>,
     wake: Notify,
 }
@@ -95,8 +211,10 @@ pub async fn run(
     engine: Engine,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let target = pgtls::target(&settings.database_url)?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
+        target,
         engine: Arc::new(engine),
         wake: Notify::new(),
     });
@@ -119,33 +237,22 @@ pub async fn run(
 
 /// LISTEN on the queue channel and wake the slots; reconnects on its own.
 async fn listen(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    use futures_util::StreamExt;
     loop {
-        let Ok((client, mut connection)) =
-            tokio_postgres::connect(&shared.settings.database_url, NoTls).await
-        else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let shared2 = shared.clone();
-        let pump = tokio::spawn(async move {
-            while let Some(Ok(message)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(_) = message {
-                    shared2.wake.notify_waiters();
+        let waker = shared.clone();
+        let connected =
+            pgtls::connect_notifying(&shared.target, move |_| waker.wake.notify_waiters()).await;
+        if let Ok(client) = connected {
+            if client
+                .batch_execute(&format!("LISTEN {}", crate::JOBS_CHANNEL))
+                .await
+                .is_ok()
+            {
+                // Anything queued while we were away is found by the next poll.
+                shared.wake.notify_waiters();
+                while !client.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
-        });
-        if client
-            .batch_execute(&format!("LISTEN {}", crate::JOBS_CHANNEL))
-            .await
-            .is_ok()
-        {
-            // Anything queued while we were away is found by the next poll.
-            shared.wake.notify_waiters();
-            let _ = pump.await;
-        } else {
-            pump.abort();
         }
         if *stop.borrow() {
             return;
@@ -158,7 +265,7 @@ async fn listen(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
 async fn maintain(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(shared.settings.maintenance_secs);
     loop {
-        if let Some(client) = connect(&shared.settings.database_url, &stop).await {
+        if let Some(client) = connect(&shared.target, &stop).await {
             let reset = client
                 .query_one("SELECT s2t.reset_monthly_cycles()", &[])
                 .await;
@@ -200,21 +307,26 @@ async fn slot_loop(
 ) -> anyhow::Result<()> {
     let s = &shared.settings;
     let name = format!("{}#{slot}", s.worker_name);
-    let mut client: Option<Client> = None;
+    let mut db = SlotDb {
+        target: shared.target.clone(),
+        client: None,
+    };
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = connect(&s.database_url, &stop).await;
-            if client.is_none() {
+        if db.client.as_ref().is_none_or(|c| c.is_closed()) {
+            db.client = connect(&shared.target, &stop).await;
+            if db.client.is_none() {
                 return Ok(());
             }
         }
-        let c = client.as_ref().expect("connected above");
+        let c = db.client.as_ref().expect("connected above");
+        // The lease runs from the server's now, which is after this.
+        let claimed_at = Instant::now();
         match jobs::claim(c, &name, s.lease_secs).await {
             Ok(Some(claim)) => {
-                let outcome = process(&shared, c, &claim, stop.clone()).await;
+                let outcome = process(&shared, &mut db, &claim, claimed_at, stop.clone()).await;
                 log(
                     "job",
                     serde_json::json!({"worker": name, "job_id": claim.job_id, "recording_id": claim.recording_id.to_string(),
@@ -244,121 +356,174 @@ async fn slot_loop(
     }
 }
 
-/// Decode, transcribe and complete one claimed job.
+/// Read, decode, transcribe and complete one claimed job, with its lease
+/// kept alive throughout.
 async fn process(
     shared: &Arc<Shared>,
-    client: &Client,
+    db: &mut SlotDb,
     claim: &Claim,
+    claimed_at: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> Outcome {
     let s = &shared.settings;
-    let audio = match jobs::load_audio(client, claim).await {
+    let keeper = LeaseKeeper::start(
+        shared.target.clone(),
+        claim.clone(),
+        Duration::from_secs(s.lease_secs),
+        claimed_at,
+    );
+    let root = s.audio_root.as_deref();
+    let audio = match retrying!(db, &keeper, |c| jobs::load_audio(c, claim, root)) {
         Ok(AudioSource::Bytes(bytes, ext)) => (bytes, ext),
-        Ok(AudioSource::Missing(reason)) => return fail(client, claim, &reason, false).await,
-        Err(e) => {
+        Ok(AudioSource::Missing(reason)) => return fail(db, &keeper, claim, &reason, false).await,
+        Err(Stop::LeaseLost(reason)) => return Outcome::LeaseLost(reason),
+        Err(Stop::Permanent(e)) => {
             return fail(
-                client,
+                db,
+                &keeper,
                 claim,
                 &format!("could not read the audio: {e}"),
-                true,
+                false,
             )
             .await
         }
     };
+    keeper.set_progress(0.01);
     let max = s.max_audio_secs;
-    let decoded =
-        tokio::task::spawn_blocking(move || audio::decode(audio.0, audio.1.as_deref(), max)).await;
-    let decoded = match decoded {
+    let decoding =
+        tokio::task::spawn_blocking(move || audio::decode(audio.0, audio.1.as_deref(), max));
+    let decoded = tokio::select! {
+        d = decoding => d,
+        // The decoder thread finishes on its own; its result is dropped.
+        reason = keeper.lost_changed() => return Outcome::LeaseLost(reason),
+    };
+    let mut decoded = match decoded {
         Ok(Ok(d)) => d,
         // Bad input never gets better: fail now, no retries.
-        Ok(Err(e)) => return fail(client, claim, &describe_audio_error(&e), false).await,
-        Err(e) => return fail(client, claim, &format!("decoder crashed: {e}"), false).await,
+        Ok(Err(e)) => return fail(db, &keeper, claim, &describe_audio_error(&e), false).await,
+        Err(e) => return fail(db, &keeper, claim, &format!("decoder crashed: {e}"), false).await,
     };
-    let duration_ms = i32::try_from(decoded.duration_ms).unwrap_or(i32::MAX);
+    let mut duration_ms = i32::try_from(decoded.duration_ms).unwrap_or(i32::MAX);
+    let mut notice = None;
+    if let Some((keep, ms, text)) =
+        cut_to_allowance(decoded.samples.len(), decoded.duration_ms, claim.max_ms)
+    {
+        decoded.samples.truncate(keep);
+        duration_ms = i32::try_from(ms).unwrap_or(i32::MAX);
+        notice = Some(text);
+    }
+    keeper.set_progress(0.05);
 
-    let progress = Arc::new(AtomicU32::new(0));
-    let cancel = Arc::new(AtomicBool::new(false));
     let threads = (s.thread_budget / s.concurrency.max(1)).max(1) as i32;
     let options = TranscribeOptions {
         language: claim.language.clone(),
         threads,
         beam_size: s.beam_size,
-        cancel: Some(cancel.clone()),
+        cancel: Some(keeper.cancel.clone()),
         fit_audio_ctx: s.fit_audio_ctx,
         multilingual: claim.model.as_deref().is_some_and(|m| !m.ends_with(".en")),
         prompt: claim.prompt.clone(),
     };
     let engine = shared.engine.clone();
-    let p = progress.clone();
+    let progress: Arc<AtomicU32> = keeper.progress.clone();
     let mut work = tokio::task::spawn_blocking(move || {
         engine.transcribe(&decoded.samples, &options, move |f| {
-            p.store(f.to_bits(), Ordering::Relaxed)
+            // Reading and decoding are the first 5 %, completion the last.
+            progress.store((0.05 + 0.9 * f).to_bits(), Ordering::Relaxed)
         })
     });
 
-    let beat = Duration::from_secs((s.lease_secs / 3).max(1));
     let grace = Duration::from_secs(s.shutdown_grace_secs);
-    let mut shutdown_deadline: Option<tokio::time::Instant> = None;
-    let mut lease_lost = false;
+    let mut shutdown_deadline: Option<Instant> = None;
     let result = loop {
-        let deadline = shutdown_deadline
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+        let deadline =
+            shutdown_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
             r = &mut work => break r,
-            _ = tokio::time::sleep(beat) => {
-                // Decoding is the first 5 %, completion the last.
-                let p = 0.05 + 0.9 * f32::from_bits(progress.load(Ordering::Relaxed));
-                match jobs::heartbeat(client, claim, s.lease_secs, p).await {
-                    Err(e) if jobs::is_lease_lost(&e) => {
-                        lease_lost = true;
-                        cancel.store(true, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-            }
             _ = stop.changed(), if shutdown_deadline.is_none() => {
-                shutdown_deadline = Some(tokio::time::Instant::now() + grace);
+                shutdown_deadline = Some(Instant::now() + grace);
             }
             _ = tokio::time::sleep_until(deadline), if shutdown_deadline.is_some() => {
-                cancel.store(true, Ordering::Relaxed);
+                keeper.cancel.store(true, Ordering::Relaxed);
             }
         }
     };
+    // Lost while Whisper ran: the keeper raised the abort flag, and even a
+    // transcript that finished in that instant is not stored.
+    if let Some(reason) = keeper.lost() {
+        return Outcome::LeaseLost(reason);
+    }
     let transcript = match result {
         Ok(Ok(t)) => t,
-        Ok(Err(crate::asr::EngineError::Cancelled)) if lease_lost => return Outcome::LeaseLost,
-        Ok(Err(crate::asr::EngineError::Cancelled)) => {
-            return match jobs::release(client, claim).await {
+        Ok(Err(EngineError::Cancelled)) => {
+            return match retrying!(db, &keeper, |c| jobs::release(c, claim)) {
                 Ok(_) => Outcome::Released,
-                Err(e) => Outcome::Retry(format!("release failed: {e}")),
+                Err(Stop::LeaseLost(reason)) => Outcome::LeaseLost(reason),
+                Err(Stop::Permanent(e)) => Outcome::Retry(format!("release failed: {e}")),
             }
         }
-        Ok(Err(e)) => {
-            return fail(client, claim, &format!("transcription failed: {e}"), true).await
+        Ok(Err(e @ EngineError::NoModel(_))) => {
+            return fail(
+                db,
+                &keeper,
+                claim,
+                &format!("transcription failed: {e}"),
+                false,
+            )
+            .await
         }
-        Err(e) => return fail(client, claim, &format!("transcription crashed: {e}"), true).await,
+        Ok(Err(e)) => {
+            return fail(
+                db,
+                &keeper,
+                claim,
+                &format!("transcription failed: {e}"),
+                true,
+            )
+            .await
+        }
+        Err(e) => {
+            return fail(
+                db,
+                &keeper,
+                claim,
+                &format!("transcription crashed: {e}"),
+                true,
+            )
+            .await
+        }
     };
     let segments = serde_json::to_value(&transcript.segments).expect("segments serialise");
-    match jobs::complete(
-        client,
+    let language = transcript.language.as_deref();
+    let notice = notice.as_deref();
+    match retrying!(db, &keeper, |c| jobs::complete(
+        c,
         claim,
         duration_ms,
         &segments,
-        transcript.language.as_deref(),
-    )
-    .await
-    {
+        language,
+        notice
+    )) {
         Ok(true) => Outcome::Done {
             segments: transcript.segments.len(),
             duration_ms,
         },
         Ok(false) => Outcome::AlreadyDone,
-        Err(e) => {
+        // S2S01 here: the recording was failed meanwhile.
+        Err(Stop::LeaseLost(reason)) => Outcome::LeaseLost(reason),
+        // The extension rejected the transcript (S2V01: a bad segment, too
+        // many segments): the same audio would give the same transcript.
+        Err(Stop::Permanent(e)) => {
+            let why = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
             fail(
-                client,
+                db,
+                &keeper,
                 claim,
-                &format!("storing the transcript failed: {e}"),
-                true,
+                &format!("the transcript was rejected: {why}"),
+                false,
             )
             .await
         }
@@ -372,12 +537,44 @@ fn describe_audio_error(e: &AudioError) -> String {
     }
 }
 
-async fn fail(client: &Client, claim: &Claim, reason: &str, retryable: bool) -> Outcome {
-    match jobs::fail(client, claim, reason, retryable).await {
+async fn fail(
+    db: &mut SlotDb,
+    keeper: &LeaseKeeper,
+    claim: &Claim,
+    reason: &str,
+    retryable: bool,
+) -> Outcome {
+    match retrying!(db, keeper, |c| jobs::fail(c, claim, reason, retryable)) {
         Ok(state) if state == "queued" => Outcome::Retry(reason.to_string()),
         Ok(_) => Outcome::Failed(reason.to_string()),
-        Err(e) if jobs::is_lease_lost(&e) => Outcome::LeaseLost,
+        Err(Stop::LeaseLost(lost)) => Outcome::LeaseLost(lost),
         // The lease will expire and the job will be claimed again.
-        Err(e) => Outcome::Retry(format!("{reason} (and reporting it failed: {e})")),
+        Err(Stop::Permanent(e)) => {
+            Outcome::Retry(format!("{reason} (and reporting it failed: {e})"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_to_allowance;
+
+    #[test]
+    fn audio_past_the_allowance_is_cut_with_a_notice() {
+        // 240 s of audio, 60 s allowed.
+        let (keep, ms, notice) = cut_to_allowance(240 * 16_000, 240_000, Some(60_000)).unwrap();
+        assert_eq!((keep, ms), (60 * 16_000, 60_000));
+        assert_eq!(
+            notice,
+            "monthly minutes allowance reached: transcribed the first 60 s of 240 s"
+        );
+        assert_eq!(
+            cut_to_allowance(16_000, 1_000, Some(1_000)),
+            None,
+            "exactly fits"
+        );
+        assert_eq!(cut_to_allowance(16_000, 1_000, None), None, "no cap");
+        let (_, _, notice) = cut_to_allowance(40_000, 2_500, Some(1_500)).unwrap();
+        assert!(notice.ends_with("first 1.5 s of 2.5 s"), "{notice}");
     }
 }
