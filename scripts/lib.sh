@@ -12,7 +12,7 @@ FASTER_WHISPER_VERSION="1.2.1"
 # Python tools the tests drive the gateway with (real clients, not mocks).
 TEST_PY_PACKAGES="openai==3.57.0 schemathesis==4.32.5"
 PG_OS_USER="${S2T_PG_OS_USER:-pg_s2t}"
-APT_PACKAGES="clang libclang-dev cmake build-essential pkg-config libopus-dev espeak-ng sox ffmpeg opus-tools pocketsphinx-testdata"
+APT_PACKAGES="clang libclang-dev cmake build-essential pkg-config libssl-dev libopus-dev espeak-ng sox ffmpeg opus-tools pocketsphinx-testdata"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pg_s2t/target}"
 export PGRX_HOME="${PGRX_HOME:-$STATE/pgrx}"

@@ -59,6 +59,31 @@ pub struct Config {
     /// Database connections in the pool.
     #[arg(long, env = "S2T_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
+    /// How long a request waits for a pooled connection before it gets 503:
+    /// a stuck pool then degrades into quick refusals, not a hung API.
+    #[arg(long, env = "S2T_DB_WAIT_MS", default_value_t = 5000)]
+    pub db_wait_ms: u64,
+    /// Password hashes computed at once (argon2id, 19 MiB each); 0 means
+    /// one per core.
+    #[arg(long, env = "S2T_HASH_CONCURRENCY", default_value_t = 0)]
+    pub hash_concurrency: usize,
+    /// How long a login or registration waits for a hashing slot before it
+    /// gets 503 with Retry-After.
+    #[arg(long, env = "S2T_HASH_WAIT_MS", default_value_t = 3000)]
+    pub hash_wait_ms: u64,
+    /// Uploads one user may have in flight at once (`POST /recordings` and
+    /// `/v1/audio/transcriptions` together).
+    #[arg(long, env = "S2T_MAX_UPLOADS_IN_FLIGHT", default_value_t = 4)]
+    pub max_uploads_in_flight: usize,
+}
+
+impl Config {
+    /// The settings a test or an embedding program starts from: everything
+    /// at its default except what has no default.
+    pub fn new(database_url: impl Into<String>) -> Config {
+        let url = database_url.into();
+        Config::parse_from(["s2t-gateway", "--database-url", url.as_str()])
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -69,6 +94,60 @@ pub enum ConfigError {
         "S2T_JWT_SECRET is too weak ({0}); use at least 32 random bytes (or --dev for development)"
     )]
     WeakSecret(&'static str),
+    #[error("S2T_CORS_ORIGINS: {0}")]
+    Cors(String),
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CorsOrigins {
+    /// No cross-origin access (the web client is served by the gateway).
+    SameOrigin,
+    /// `*`: any origin, without credentials. The API authenticates with a
+    /// bearer header, never a cookie, so this exposes nothing a page could
+    /// not already send with its own token.
+    Any,
+    List(Vec<axum::http::HeaderValue>),
+}
+
+/// Read `S2T_CORS_ORIGINS`: `*` alone, or a list of `scheme://host[:port]`
+/// origins. Anything else is refused at startup rather than silently
+/// dropped (a typo would otherwise show up only as browsers' CORS errors).
+pub fn cors_origins(configured: &[String]) -> Result<CorsOrigins, ConfigError> {
+    let origins: Vec<&str> = configured
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.contains(&"*") {
+        if origins.len() > 1 {
+            return Err(ConfigError::Cors(
+                "'*' allows every origin; list origins or give '*' alone".into(),
+            ));
+        }
+        return Ok(CorsOrigins::Any);
+    }
+    if origins.is_empty() {
+        return Ok(CorsOrigins::SameOrigin);
+    }
+    let mut list = Vec::new();
+    for o in origins {
+        let shaped = (o.starts_with("http://") || o.starts_with("https://"))
+            && !o.trim_end_matches('/').contains(['*', ' ', '?', '#'])
+            && o.split("://")
+                .nth(1)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+        let value = axum::http::HeaderValue::from_str(o).ok().filter(|_| shaped);
+        match value {
+            Some(v) => list.push(v),
+            None => {
+                return Err(ConfigError::Cors(format!(
+                    "{o:?} is not an origin like https://app.example.com (scheme, host, optional port, no path)"
+                )))
+            }
+        }
+    }
+    Ok(CorsOrigins::List(list))
 }
 
 /// The secret to sign with: refuses weak ones unless in development mode.
@@ -114,6 +193,41 @@ mod tests {
         ));
         let strong = "k3J9x-Qp2Zr8Wm4Tn6Yb1Hc5Vd7Fg0Ls_";
         assert_eq!(jwt_secret(Some(strong), false).unwrap(), strong.as_bytes());
+    }
+
+    #[test]
+    fn cors_origins_are_star_alone_or_real_origins() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(cors_origins(&list(&["*"])), Ok(CorsOrigins::Any));
+        assert_eq!(cors_origins(&list(&[" * "])), Ok(CorsOrigins::Any));
+        assert_eq!(cors_origins(&[]), Ok(CorsOrigins::SameOrigin));
+        assert_eq!(cors_origins(&list(&[""])), Ok(CorsOrigins::SameOrigin));
+        assert_eq!(
+            cors_origins(&list(&["https://a.example", "http://localhost:3000"])),
+            Ok(CorsOrigins::List(vec![
+                axum::http::HeaderValue::from_static("https://a.example"),
+                axum::http::HeaderValue::from_static("http://localhost:3000"),
+            ]))
+        );
+        for bad in [
+            &["*", "https://a.example"][..],
+            &["a.example"],
+            &["https://a.example/path"],
+            &["https://*.example"],
+            &["https://"],
+        ] {
+            let err = cors_origins(&list(bad)).unwrap_err();
+            assert!(matches!(err, ConfigError::Cors(_)), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn new_has_the_documented_defaults() {
+        let c = Config::new("postgres://x@localhost/db");
+        assert_eq!(c.max_uploads_in_flight, 4);
+        assert_eq!(c.db_wait_ms, 5000);
+        assert_eq!(c.hash_concurrency, 0);
+        assert!(c.cors_origins.is_empty());
     }
 
     #[test]

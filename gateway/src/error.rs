@@ -116,7 +116,20 @@ impl From<tokio_postgres::Error> for ApiError {
         let Some(db) = e.as_db_error() else {
             return ApiError::unavailable(format!("database: {e}"));
         };
-        let code = db.code().code();
+        ApiError::from_sqlstate(
+            db.code().code(),
+            db.message(),
+            db.detail().unwrap_or_default(),
+            db.hint().unwrap_or_default(),
+        )
+    }
+}
+
+impl ApiError {
+    /// The answer for an error the database raised (or that the gateway
+    /// raises on its behalf, in the same shape, e.g. the quota pre-check
+    /// before an upload is read): SQLSTATE, message, detail and hint.
+    pub fn from_sqlstate(code: &str, message: &str, detail: &str, hint: &str) -> ApiError {
         let status = s2t_core::sqlstate::http_status(code).or(match code {
             "23505" => Some(409),
             // Malformed values, too long, out of range, a check failed,
@@ -125,25 +138,20 @@ impl From<tokio_postgres::Error> for ApiError {
             _ => None,
         });
         let Some(status) = status.and_then(|s| StatusCode::from_u16(s).ok()) else {
-            return ApiError::internal(format!("database error {code}: {}", db.message()));
+            return ApiError::internal(format!("database error {code}: {message}"));
         };
-        let mut detail = db.message().to_string();
-        for extra in [db.detail(), db.hint()].into_iter().flatten() {
+        let mut text = message.to_string();
+        for extra in [detail, hint] {
             if !extra.is_empty() {
-                detail.push_str(". ");
-                detail.push_str(extra);
+                text.push_str(". ");
+                text.push_str(extra);
             }
         }
-        let mut err = ApiError::new(status, detail);
+        let mut err = ApiError::new(status, text);
         err.problem.code = Some(code.to_string());
         if code.starts_with("S2Q") {
             // "limit: monthly_usage_limit; used: 3; limit_value: 3; resets_at: ..."
-            for (k, v) in db
-                .detail()
-                .unwrap_or_default()
-                .split("; ")
-                .filter_map(|kv| kv.split_once(": "))
-            {
+            for (k, v) in detail.split("; ").filter_map(|kv| kv.split_once(": ")) {
                 let value = v
                     .parse::<i64>()
                     .map(serde_json::Value::from)
@@ -163,10 +171,10 @@ impl From<tokio_postgres::Error> for ApiError {
         }
         if code == s2t_core::sqlstate::INVALID_INPUT || code == s2t_core::sqlstate::CONFLICT {
             // The extension names the field in the detail ("field: email").
-            if let Some(field) = db.detail().and_then(|d| d.strip_prefix("field: ")) {
+            if let Some(field) = detail.strip_prefix("field: ") {
                 err.problem
                     .errors
-                    .insert(field.to_string(), db.message().to_string());
+                    .insert(field.to_string(), message.to_string());
             }
         }
         err

@@ -7,7 +7,9 @@
 //!   a transaction that names the user ([`db::begin_as`]), so row-level
 //!   security, not handler code, decides what a user sees.
 //! - Pure logic with unit tests: [`tokens`] (passwords, JWTs, refresh
-//!   tokens), [`throttle`], [`cursor`], [`range`], [`transcript`].
+//!   tokens), [`throttle`], [`limits`] (hashing and upload slots),
+//!   [`pgtls`] (`sslmode` for PostgreSQL), [`cursor`], [`range`],
+//!   [`transcript`].
 //! - [`error`]: problem details and the SQLSTATE → HTTP mapping;
 //!   [`events`]: LISTEN/NOTIFY fan-out for Server-Sent Events;
 //!   [`openapi`]: the API description at `/openapi.json` and `/docs`.
@@ -17,8 +19,11 @@ pub mod cursor;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod limits;
 pub mod observe;
 pub mod openapi;
+pub mod pgtls;
+pub mod quota;
 pub mod range;
 pub mod routes;
 pub mod throttle;
@@ -42,8 +47,15 @@ pub struct Inner {
     pub jwt: tokens::JwtKeys,
     /// Failed logins per login name.
     pub throttle: throttle::LoginThrottle,
-    /// Failed logins per client address.
+    /// Failed logins per client address (IPv6 per /64).
     pub address_throttle: throttle::LoginThrottle,
+    /// Registrations per client address.
+    pub register_throttle: throttle::LoginThrottle,
+    /// Password hashing and verifying, bounded.
+    pub hashing: limits::Hashing,
+    /// Uploads in flight per user.
+    pub uploads: limits::UploadSlots,
+    pub cors: config::CorsOrigins,
     pub events: events::Hub,
     pub metrics: observe::Metrics,
     /// Flips to true when the server starts shutting down, so long-lived
@@ -60,16 +72,31 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Connects the pool and starts the event listener.
+    /// Builds the pool (connections open lazily) and starts the event
+    /// listener; refuses a configuration that cannot be right.
     pub fn new(config: Config) -> anyhow::Result<AppState> {
+        use anyhow::Context;
         let secret = config::jwt_secret(config.jwt_secret.as_deref(), config.dev)?;
-        let pool = db::pool(&config.database_url, config.db_pool)?;
-        let events = events::Hub::start(config.database_url.clone());
+        let cors = config::cors_origins(&config.cors_origins)?;
+        let target = pgtls::target(&config.database_url).context("APP_DATABASE_URL")?;
+        let pool = db::pool(
+            &target,
+            config.db_pool,
+            std::time::Duration::from_millis(config.db_wait_ms),
+        )?;
+        let events = events::Hub::start(target);
         Ok(AppState {
             inner: Arc::new(Inner {
                 jwt: tokens::JwtKeys::new(&secret),
                 throttle: throttle::LoginThrottle::new(throttle::Policy::default()),
                 address_throttle: throttle::LoginThrottle::new(throttle::Policy::per_address()),
+                register_throttle: throttle::LoginThrottle::new(throttle::Policy::registrations()),
+                hashing: limits::Hashing::new(
+                    config.hash_concurrency,
+                    std::time::Duration::from_millis(config.hash_wait_ms),
+                ),
+                uploads: limits::UploadSlots::new(config.max_uploads_in_flight),
+                cors,
                 config,
                 pool,
                 events,
@@ -77,6 +104,23 @@ impl AppState {
                 stopping: tokio::sync::watch::channel(false).0,
             }),
         })
+    }
+}
+
+impl AppState {
+    /// [`AppState::new`], then the checks that need the database: the
+    /// gateway refuses to start when its role bypasses row-level security.
+    pub async fn connect(config: Config) -> anyhow::Result<AppState> {
+        let state = AppState::new(config)?;
+        let client = state
+            .pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
+        if let Some(problem) = db::unsafe_role(&client).await? {
+            anyhow::bail!("refusing to start: {problem}");
+        }
+        Ok(state)
     }
 }
 

@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
         if config.dev {
             eprintln!("{}", serde_json::json!({"level": "warn", "event": "dev_mode", "message": "development mode: weak or missing JWT secrets are accepted"}));
         }
-        let state = AppState::new(config)?;
+        let state = AppState::connect(config).await?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         eprintln!(
             "{}",

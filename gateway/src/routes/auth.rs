@@ -46,21 +46,59 @@ fn registration_errors(r: &Register) -> BTreeMap<String, String> {
     errors
 }
 
-async fn hash_off_thread(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || tokens::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::internal(format!("hashing: {e}")))
+/// 503 when every hashing slot stayed busy for the whole wait.
+fn hashing_busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many sign-ins at once; try again in a moment",
+    )
+    .with_retry_after(1)
 }
+
+/// The address a request is counted under (IPv6 per /64).
+fn address_key(state: &AppState, peer: SocketAddr, headers: &axum::http::HeaderMap) -> String {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    crate::throttle::address_key(crate::throttle::client_address(
+        peer.ip(),
+        forwarded,
+        &state.config.trusted_proxies,
+    ))
+}
+
+/// The longest e-mail address there can be, and so the longest login: the
+/// throttle keeps every login name it sees, so they must be short.
+pub const MAX_LOGIN_BYTES: usize = 254;
 
 pub async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Register>,
 ) -> ApiResult<Response> {
     let errors = registration_errors(&body);
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let hash = hash_off_thread(body.password.clone()).await?;
+    // Every valid registration counts, successful or not: each costs a
+    // hash, and a flood of accounts from one place is the abuse.
+    let address = address_key(&state, peer, &headers);
+    state
+        .register_throttle
+        .begin(&address, Instant::now())
+        .map_err(|wait| {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many registrations from this address; try again in {secs} s"),
+            )
+            .with_retry_after(secs)
+        })?;
+    let password = body.password.clone();
+    let hash = state
+        .hashing
+        .run(move || tokens::hash_password(&password))
+        .await
+        .map_err(|_| hashing_busy())?;
     let mut client = crate::db::client(&state.pool).await?;
     let tx = client.transaction().await?;
     tx.execute(
@@ -124,59 +162,57 @@ pub async fn login(
     headers: axum::http::HeaderMap,
     Json(body): Json<Login>,
 ) -> ApiResult<Response> {
-    let login_key = body.login.trim().to_lowercase();
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let address =
-        crate::throttle::client_address(peer.ip(), forwarded, &state.config.trusted_proxies)
-            .to_string();
-    let now = Instant::now();
-    if let Some(wait) = [
-        state.throttle.wait(&login_key, now),
-        state.address_throttle.wait(&address, now),
-    ]
-    .into_iter()
-    .flatten()
-    .max()
-    {
-        return Err(throttled(wait));
+    let mut errors = BTreeMap::new();
+    if body.login.trim().is_empty() {
+        errors.insert(
+            "login".into(),
+            "give an e-mail address or a user name".into(),
+        );
+    } else if body.login.len() > MAX_LOGIN_BYTES {
+        errors.insert(
+            "login".into(),
+            format!("a login is at most {MAX_LOGIN_BYTES} bytes"),
+        );
     }
-    if body.login.trim().is_empty() || body.password.is_empty() {
-        let mut errors = BTreeMap::new();
-        if body.login.trim().is_empty() {
-            errors.insert(
-                "login".into(),
-                "give an e-mail address or a user name".into(),
-            );
-        }
-        if body.password.is_empty() {
-            errors.insert("password".into(), "password is required".into());
-        }
+    if body.password.is_empty() {
+        errors.insert("password".into(), "password is required".into());
+    }
+    if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let client = crate::db::client(&state.pool).await?;
-    let row = client
-        .query_opt(
-            "SELECT user_id, password_hash, status FROM s2t.auth_lookup($1)",
-            &[&body.login],
-        )
-        .await?;
-    drop(client);
-    let (user, hash, status): (Option<Uuid>, String, String) = match &row {
-        Some(r) => (Some(r.get(0)), r.get(1), r.get(2)),
-        None => (None, tokens::decoy_hash().to_string(), String::new()),
+    let login_key = body.login.trim().to_lowercase();
+    let address = address_key(&state, peer, &headers);
+    // Counted before verifying, so guesses sent in parallel see each other.
+    let now = Instant::now();
+    if let Err(wait) = state.throttle.begin(&login_key, now) {
+        return Err(throttled(wait));
+    }
+    if let Err(wait) = state.address_throttle.begin(&address, now) {
+        // Not an attempt on this login after all.
+        state.throttle.refund(&login_key);
+        return Err(throttled(wait));
+    }
+    let outcome = verify(&state, &body).await;
+    let user = match outcome {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            // The wait runs from the failure, not from the request's start:
+            // verifying took a noticeable while.
+            let failed_at = Instant::now();
+            state.throttle.failed(&login_key, failed_at);
+            state.address_throttle.failed(&address, failed_at);
+            return Err(ApiError::unauthorized("wrong login or password"));
+        }
+        Err(e) => {
+            // Not the client's failure (busy, database down): take it back.
+            state.throttle.refund(&login_key);
+            state.address_throttle.refund(&address);
+            return Err(e);
+        }
     };
-    let password = body.password.clone();
-    let ok = tokio::task::spawn_blocking(move || tokens::verify_password(&password, &hash))
-        .await
-        .map_err(|e| ApiError::internal(format!("verifying: {e}")))?;
-    let Some(user) = user.filter(|_| ok) else {
-        // The wait runs from the failure, not from the request's start:
-        // verifying took a noticeable while.
-        let failed_at = Instant::now();
-        state.throttle.failed(&login_key, failed_at);
-        state.address_throttle.failed(&address, failed_at);
-        return Err(ApiError::unauthorized("wrong login or password"));
-    };
+    state.address_throttle.refund(&address);
+    let status: String = user.1;
+    let user = user.0;
     if status != "active" {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -198,6 +234,31 @@ pub async fn login(
     .await?;
     tx.commit().await?;
     Ok(token_response(&state, user, refresh))
+}
+
+/// The user and their status when the password is right, `None` when the
+/// login or the password is wrong (the same work either way, so the
+/// answer's timing does not tell which).
+async fn verify(state: &AppState, body: &Login) -> ApiResult<Option<(Uuid, String)>> {
+    let client = crate::db::client(&state.pool).await?;
+    let row = client
+        .query_opt(
+            "SELECT user_id, password_hash, status FROM s2t.auth_lookup($1)",
+            &[&body.login],
+        )
+        .await?;
+    drop(client);
+    let (user, hash, status): (Option<Uuid>, String, String) = match &row {
+        Some(r) => (Some(r.get(0)), r.get(1), r.get(2)),
+        None => (None, tokens::decoy_hash().to_string(), String::new()),
+    };
+    let password = body.password.clone();
+    let ok = state
+        .hashing
+        .run(move || tokens::verify_password(&password, &hash))
+        .await
+        .map_err(|_| hashing_busy())?;
+    Ok(user.filter(|_| ok).map(|u| (u, status)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,6 @@
 //! `/me`, `/me/avatar`, `/me/stats`, `/me/plan` and `/plans`.
 
-use super::{AuthUser, Body};
+use super::{AuthUser, Body, SessionUser};
 use crate::db::{begin_as, client};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -72,8 +72,11 @@ pub async fn patch_me(
     }
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
-    tx.execute("UPDATE s2t.user_profiles SET name = $1", &[&body.name])
-        .await?;
+    tx.execute(
+        "UPDATE s2t.user_profiles SET name = $1 WHERE user_id = $2",
+        &[&body.name, &user],
+    )
+    .await?;
     let me = me_json(&tx).await?;
     tx.commit().await?;
     Ok(Json(me))
@@ -142,8 +145,8 @@ pub async fn put_avatar(
         .await?
         .get(0);
     tx.execute(
-        "UPDATE s2t.user_profiles SET avatar_url = $1",
-        &[&format!("/me/avatar?v={version}")],
+        "UPDATE s2t.user_profiles SET avatar_url = $1 WHERE user_id = $2",
+        &[&format!("/me/avatar?v={version}"), &user],
     )
     .await?;
     let me = me_json(&tx).await?;
@@ -269,50 +272,87 @@ pub async fn change_plan(
     Ok(Json(json!({ "message": message, "me": me })))
 }
 
-/// Active keys a user may hold at once.
-const MAX_API_KEYS: i64 = 20;
-
 #[derive(Debug, Deserialize)]
 pub struct NewApiKey {
     #[serde(default)]
     name: String,
+    /// Days from now until the key stops working (1 to 3650).
+    expires_in_days: Option<i64>,
+    /// Or the moment it stops working (within 10 years).
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// `POST /me/api-keys`: the key is in this answer only.
+/// Longest a key may live when it has an expiry.
+pub const MAX_KEY_DAYS: i64 = 3650;
+
+/// When a new key expires (`None`: never), or the message for the field.
+pub fn key_expiry(
+    in_days: Option<i64>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, (&'static str, String)> {
+    match (in_days, at) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err((
+            "expires_at",
+            "give expires_in_days or expires_at, not both".into(),
+        )),
+        (Some(days), None) if (1..=MAX_KEY_DAYS).contains(&days) => {
+            Ok(Some(now + chrono::Duration::days(days)))
+        }
+        (Some(_), None) => Err((
+            "expires_in_days",
+            format!("expires_in_days must be 1 to {MAX_KEY_DAYS}"),
+        )),
+        (None, Some(at)) if at <= now => Err(("expires_at", "expires_at is in the past".into())),
+        (None, Some(at)) if at > now + chrono::Duration::days(MAX_KEY_DAYS) => Err((
+            "expires_at",
+            format!("expires_at is more than {MAX_KEY_DAYS} days away"),
+        )),
+        (None, Some(at)) => Ok(Some(at)),
+    }
+}
+
+/// `POST /me/api-keys`: the key is in this answer only. Only a signed-in
+/// session may create keys; the 20-key limit is held by the database
+/// (`s2t.create_api_key` locks the user's keys, so concurrent requests
+/// cannot both take the last place).
 pub async fn create_api_key(
     State(state): State<AppState>,
-    AuthUser(user): AuthUser,
+    SessionUser(user): SessionUser,
     Body(body): Body<NewApiKey>,
 ) -> ApiResult<Response> {
     let name = body.name.trim().to_string();
+    let mut errors = BTreeMap::new();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::invalid(BTreeMap::from([(
-            "name".into(),
-            "name must be 1 to 100 characters".into(),
-        )])));
+        errors.insert("name".into(), "name must be 1 to 100 characters".into());
+    }
+    let expires_at = match key_expiry(body.expires_in_days, body.expires_at, chrono::Utc::now()) {
+        // To the microsecond, as PostgreSQL keeps it, so the answer and
+        // the list agree.
+        Ok(at) => at.map(|t| chrono::SubsecRound::trunc_subsecs(t, 6)),
+        Err((field, message)) => {
+            errors.insert(field.into(), message);
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
     }
     let key = crate::tokens::new_api_key();
     let prefix: String = key.chars().take(10).collect();
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
-    let active: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM s2t.api_keys WHERE revoked_at IS NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if active >= MAX_API_KEYS {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("at most {MAX_API_KEYS} active API keys; revoke one first"),
-        ));
-    }
     let row = tx
         .query_one(
-            "INSERT INTO s2t.api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4)
-             RETURNING id, created_at",
-            &[&user, &name, &prefix, &crate::tokens::token_hash(&key)],
+            "SELECT id, created_at FROM s2t.create_api_key($1, $2, $3, $4, $5)",
+            &[
+                &user,
+                &name,
+                &prefix,
+                &crate::tokens::token_hash(&key),
+                &expires_at,
+            ],
         )
         .await?;
     tx.commit().await?;
@@ -322,6 +362,7 @@ pub async fn create_api_key(
         Json(json!({
             "id": row.get::<_, uuid::Uuid>(0), "name": name, "prefix": prefix, "key": key,
             "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(1),
+            "expires_at": expires_at,
         })),
     )
         .into_response())
@@ -335,9 +376,11 @@ pub async fn list_api_keys(
     let tx = begin_as(&mut c, user).await?;
     let rows = tx
         .query(
-            "SELECT id, name, prefix, created_at, last_used_at FROM s2t.api_keys
-              WHERE revoked_at IS NULL ORDER BY created_at DESC",
-            &[],
+            "SELECT id, name, prefix, created_at, last_used_at, expires_at,
+                    expires_at IS NOT NULL AND expires_at <= now()
+               FROM s2t.api_keys
+              WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC",
+            &[&user],
         )
         .await?;
     tx.commit().await?;
@@ -350,6 +393,8 @@ pub async fn list_api_keys(
                 "prefix": r.get::<_, String>(2),
                 "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(3),
                 "last_used_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(4),
+                "expires_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(5),
+                "expired": r.get::<_, bool>(6),
             })
         })
         .collect();
@@ -366,8 +411,9 @@ pub async fn revoke_api_key(
     let tx = begin_as(&mut c, user).await?;
     let n = tx
         .execute(
-            "UPDATE s2t.api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-            &[&id],
+            "UPDATE s2t.api_keys SET revoked_at = now()
+              WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            &[&id, &user],
         )
         .await?;
     tx.commit().await?;
@@ -375,4 +421,44 @@ pub async fn revoke_api_key(
         return Err(ApiError::not_found("API key"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn key_expiry_takes_days_or_a_moment_within_ten_years() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap();
+        assert_eq!(key_expiry(None, None, now), Ok(None));
+        assert_eq!(
+            key_expiry(Some(30), None, now),
+            Ok(Some(now + Duration::days(30)))
+        );
+        assert_eq!(
+            key_expiry(Some(0), None, now).unwrap_err().0,
+            "expires_in_days"
+        );
+        assert_eq!(
+            key_expiry(Some(3651), None, now).unwrap_err().0,
+            "expires_in_days"
+        );
+        assert!(key_expiry(Some(3650), None, now).is_ok());
+        let at = now + Duration::hours(1);
+        assert_eq!(key_expiry(None, Some(at), now), Ok(Some(at)));
+        assert_eq!(
+            key_expiry(None, Some(now - Duration::seconds(1)), now)
+                .unwrap_err()
+                .0,
+            "expires_at"
+        );
+        assert_eq!(
+            key_expiry(None, Some(now + Duration::days(3651)), now)
+                .unwrap_err()
+                .0,
+            "expires_at"
+        );
+        assert!(key_expiry(Some(1), Some(at), now).is_err(), "not both");
+    }
 }

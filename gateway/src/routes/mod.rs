@@ -1,12 +1,14 @@
 //! The HTTP surface. Handlers stay thin: parse, call the extension inside
 //! [`crate::db::begin_as`], shape the answer.
 
+mod audio;
 mod auth;
 mod me;
 mod openai;
 mod ops;
 mod recordings;
 
+use crate::config::CorsOrigins;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
@@ -68,17 +70,20 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::observe::layer,
         ))
-        .layer(cors(&state.config.cors_origins))
+        .layer(cors(&state.cors))
         .with_state(state)
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
-    let allowed: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
-        .collect();
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let allow = match origins {
+        // Never with credentials: the API takes bearer tokens, not cookies,
+        // and `*` with credentials is what browsers refuse anyway.
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::SameOrigin => AllowOrigin::list(Vec::<HeaderValue>::new()),
+        CorsOrigins::List(list) => AllowOrigin::list(list.clone()),
+    };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(allowed))
+        .allow_origin(allow)
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -121,14 +126,31 @@ impl FromRequestParts<AppState> for RecordingId {
     }
 }
 
-/// The user an access token names. Rejects with 401 and the reason.
-#[derive(Debug, Clone, Copy)]
-pub struct AuthUser(pub Uuid);
+/// How a caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// An access token from `/auth/login` or `/auth/refresh`: a signed-in
+    /// session.
+    Session,
+    /// A long-lived `s2t_…` API key.
+    ApiKey,
+}
 
-impl FromRequestParts<AppState> for AuthUser {
+/// The authenticated caller: who, and how. Kept in the request's
+/// extensions, so extracting it twice looks the key up once.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub user: Uuid,
+    pub method: AuthMethod,
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(*caller);
+        }
         let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("missing Authorization: Bearer <access token>")
         })?;
@@ -142,7 +164,7 @@ impl FromRequestParts<AppState> for AuthUser {
                 ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
             })?;
         let token = token.trim();
-        if token.starts_with(crate::tokens::API_KEY_PREFIX) {
+        let caller = if token.starts_with(crate::tokens::API_KEY_PREFIX) {
             let client = crate::db::client(&state.pool).await?;
             let user: Option<Uuid> = client
                 .query_one(
@@ -151,14 +173,95 @@ impl FromRequestParts<AppState> for AuthUser {
                 )
                 .await?
                 .get(0);
-            return user
-                .map(AuthUser)
-                .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"));
+            Caller {
+                user: user
+                    .ok_or_else(|| ApiError::unauthorized("unknown, revoked or expired API key"))?,
+                method: AuthMethod::ApiKey,
+            }
+        } else {
+            let claims = state
+                .jwt
+                .verify(token)
+                .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            Caller {
+                user: claims.sub,
+                method: AuthMethod::Session,
+            }
+        };
+        parts.extensions.insert(caller);
+        Ok(caller)
+    }
+}
+
+/// The user an access token or API key names. Rejects with 401 and the
+/// reason. Whether the account is still active is checked by
+/// [`crate::db::begin_as`], on every request that reads user data.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser(pub Uuid);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Caller::from_request_parts(parts, state)
+            .await
+            .map(|c| AuthUser(c.user))
+    }
+}
+
+/// A user signed in with an access token, not an API key: for what a key
+/// must not be able to do (create more keys), so a leaked key cannot mint
+/// itself successors that outlive its revocation.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionUser(pub Uuid);
+
+impl FromRequestParts<AppState> for SessionUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        match caller.method {
+            AuthMethod::Session => Ok(SessionUser(caller.user)),
+            AuthMethod::ApiKey => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "an API key cannot do this; sign in and use your access token",
+            )),
         }
-        let claims = state
-            .jwt
-            .verify(token)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        Ok(AuthUser(claims.sub))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Defence in depth: row-level security already confines every UPDATE
+    /// and DELETE to the caller's rows, but each statement a handler sends
+    /// names the user too, so a policy mistake alone cannot widen one.
+    #[test]
+    fn every_handler_update_and_delete_names_the_user() {
+        let sources = [
+            ("auth.rs", include_str!("auth.rs")),
+            ("me.rs", include_str!("me.rs")),
+            ("openai.rs", include_str!("openai.rs")),
+            ("ops.rs", include_str!("ops.rs")),
+            ("recordings.rs", include_str!("recordings.rs")),
+        ];
+        let mut checked = 0;
+        for (file, text) in sources {
+            for (at, _) in text.match_indices('"') {
+                let rest = &text[at + 1..];
+                let literal = &rest[..rest.find('"').unwrap_or(rest.len())];
+                let upper = literal.trim_start().to_ascii_uppercase();
+                if upper.starts_with("UPDATE S2T.") || upper.starts_with("DELETE FROM S2T.") {
+                    checked += 1;
+                    assert!(
+                        upper.contains("USER_ID = $"),
+                        "{file}: {literal:?} does not name the user"
+                    );
+                }
+            }
+        }
+        assert!(
+            checked >= 4,
+            "found only {checked} statements; is the scan broken?"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! tools work unchanged: the file is queued like any upload (same quota),
 //! and the answer waits for the worker.
 
-use super::recordings::{admit, load_recording, load_segments, receive, Received};
+use super::recordings::{admit, before_upload, load_recording, load_segments, receive, Received};
 use super::AuthUser;
 use crate::db::{begin_as, client};
 use crate::error::{ApiError, ApiResult};
@@ -46,6 +46,7 @@ pub async fn transcriptions(
     headers: HeaderMap,
     multipart: Multipart,
 ) -> ApiResult<Response> {
+    let slot = before_upload(&state, user).await?;
     let Received { upload, fields } =
         receive(&state, &headers, multipart, state.config.sync_max_bytes).await?;
     let format = fields
@@ -85,50 +86,36 @@ pub async fn transcriptions(
     // Subscribe before queueing, so the final event cannot slip past.
     let mut events = state.events.subscribe();
     let id = admit(&state, user, &upload, &language, meta).await?;
-    let wait = Duration::from_secs(state.config.sync_timeout_secs);
-    let final_event = async {
-        loop {
-            match events.recv().await {
-                Ok(e) if e.recording_id == id && e.is_final() => return,
-                Ok(_) => {}
-                // Missed some: the final state is read below anyway.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                Err(_) => std::future::pending::<()>().await,
-            }
+    // Admitted: the upload is no longer in flight, only the wait is.
+    drop((slot, upload));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(state.config.sync_timeout_secs);
+    match wait_until_final(&state, user, id, &mut events, deadline).await? {
+        Waited::Final => {}
+        Waited::Stopping => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the gateway is restarting; the transcription goes on at /recordings/{id}"),
+            );
+            e.problem.extra.insert("recording_id".into(), json!(id));
+            return Err(e);
         }
-    };
-    let mut stopping = state.stopping.subscribe();
-    let finished = tokio::time::timeout(wait, async {
-        tokio::select! {
-            _ = final_event => true,
-            // Shutting down: answer now rather than hold the shutdown up.
-            _ = stopping.changed() => false,
+        Waited::TimedOut => {
+            let mut e = ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the transcription is still running after {} s; follow it at /recordings/{id}",
+                    state.config.sync_timeout_secs
+                ),
+            );
+            e.problem.extra.insert("recording_id".into(), json!(id));
+            return Err(e);
         }
-    })
-    .await
-    .unwrap_or(false);
+    }
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
     let row = load_recording(&tx, id).await?;
     let status: String = row.get(3);
-    if !finished && status == "processing" {
-        let mut e = if *state.stopping.borrow() {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the gateway is restarting; the transcription goes on at /recordings/{id}"),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the transcription is still running after {} s; follow it at /recordings/{id}",
-                    wait.as_secs()
-                ),
-            )
-        };
-        e.problem.extra.insert("recording_id".into(), json!(id));
-        return Err(e);
-    }
     if status == "failed" {
         let reason: Option<String> = row.get(7);
         let mut e = ApiError::new(
@@ -153,6 +140,72 @@ pub async fn transcriptions(
         detected,
         duration_ms.unwrap_or(0),
     ))
+}
+
+/// How the wait for a synchronous transcription ended.
+enum Waited {
+    /// The database says the recording is done or failed.
+    Final,
+    TimedOut,
+    Stopping,
+}
+
+/// How often the wait re-reads the recording even without an event: a
+/// notification can be lost while the listener reconnects.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Wait until the recording is final *in the database*. An event (or a
+/// lagging event stream) is only a cue to look: events can be late, lost
+/// or, from anyone who may NOTIFY, wrong, and answering 200 from an event
+/// alone once gave an empty transcript for a recording still running.
+async fn wait_until_final(
+    state: &AppState,
+    user: Uuid,
+    id: Uuid,
+    events: &mut tokio::sync::broadcast::Receiver<crate::events::RecordingEvent>,
+    deadline: tokio::time::Instant,
+) -> ApiResult<Waited> {
+    let mut stopping = state.stopping.subscribe();
+    loop {
+        if *stopping.borrow() {
+            return Ok(Waited::Stopping);
+        }
+        let cue =
+            tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + RECHECK), async {
+                loop {
+                    tokio::select! {
+                        e = events.recv() => match e {
+                            Ok(e) if e.recording_id == id && e.is_final() => return,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            // The hub is gone; the periodic re-check carries on.
+                            Err(_) => std::future::pending::<()>().await,
+                        },
+                        // Shutting down: answer now rather than hold the shutdown up.
+                        _ = stopping.changed() => return,
+                    }
+                }
+            })
+            .await;
+        let _ = cue;
+        if is_final(state, user, id).await? {
+            return Ok(Waited::Final);
+        }
+        if *state.stopping.borrow() {
+            return Ok(Waited::Stopping);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Waited::TimedOut);
+        }
+    }
+}
+
+async fn is_final(state: &AppState, user: Uuid, id: Uuid) -> ApiResult<bool> {
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let status: String = load_recording(&tx, id).await?.get(3);
+    tx.commit().await?;
+    Ok(status != "processing")
 }
 
 fn render(

@@ -11,10 +11,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when the database answers and the installed extension is the
-/// version this gateway was built with.
+/// Ready when the database answers, the gateway's role does not bypass
+/// row-level security, and the installed extension is the version this
+/// gateway was built with.
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     let client = crate::db::client(&state.pool).await?;
+    if let Some(problem) = crate::db::unsafe_role(&client).await? {
+        let mut e = ApiError::unavailable(problem.clone());
+        e.problem.detail = problem;
+        e.retry_after = None;
+        return Err(e);
+    }
     let row = client
         .query_opt(
             "SELECT extversion, s2t.extension_version() FROM pg_extension WHERE extname = 'pg_s2t'",

@@ -5,10 +5,8 @@ use super::{AuthUser, Query, RecordingId};
 use crate::cursor::Cursor;
 use crate::db::{begin_as, client};
 use crate::error::{ApiError, ApiResult};
-use crate::range::{self, RangeAnswer};
 use crate::transcript::{self, Format, Segment};
 use crate::AppState;
-use axum::body::Body as HttpBody;
 use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -234,12 +232,61 @@ pub(super) async fn admit(
     Ok(id)
 }
 
+/// What must hold before an upload's body is read: a free upload slot for
+/// the user (kept until the upload is admitted or refused) and room in the
+/// quota by a cheap unlocked read, so a body that admission would refuse
+/// is never spooled.
+pub(super) async fn before_upload(
+    state: &AppState,
+    user: Uuid,
+) -> ApiResult<crate::limits::UploadSlot> {
+    let slot = state.uploads.acquire(user).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "at most {} uploads at once per user; wait for one to finish",
+                state.uploads.max()
+            ),
+        )
+        .with_retry_after(1)
+    })?;
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let row = tx
+        .query_opt(
+            "SELECT s.usage_count, p.monthly_usage_limit, s.used_seconds, s.reserved_seconds,
+                    p.monthly_minutes, p.code, s.cycle_end, now()
+               FROM s2t.user_subscriptions s JOIN s2t.plans p ON p.id = s.plan_id
+              WHERE s.user_id = $1",
+            &[&user],
+        )
+        .await?;
+    tx.commit().await?;
+    // No subscription: admission explains that better than we could.
+    if let Some(r) = row {
+        let usage = crate::quota::Usage {
+            usage_count: r.get(0),
+            usage_limit: r.get(1),
+            used_seconds: r.get(2),
+            reserved_seconds: r.get(3),
+            monthly_minutes: r.get(4),
+            plan_code: r.get(5),
+            cycle_end: r.get(6),
+        };
+        if let Some(refusal) = crate::quota::precheck(&usage, r.get(7)) {
+            return Err(refusal);
+        }
+    }
+    Ok(slot)
+}
+
 pub async fn upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     headers: HeaderMap,
     multipart: Multipart,
 ) -> ApiResult<Response> {
+    let _slot = before_upload(&state, user).await?;
     let Received { upload, fields } =
         receive(&state, &headers, multipart, state.config.max_upload_bytes).await?;
     let language = fields
@@ -405,7 +452,10 @@ pub async fn delete(
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
     let n = tx
-        .execute("DELETE FROM s2t.recordings WHERE id = $1", &[&id])
+        .execute(
+            "DELETE FROM s2t.recordings WHERE id = $1 AND user_id = $2",
+            &[&id, &user],
+        )
         .await?;
     tx.commit().await?;
     if n == 0 {
@@ -423,7 +473,7 @@ pub async fn download(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     if file == "audio" {
-        return audio(state, user, id, headers).await;
+        return super::audio::audio(state, user, id, headers).await;
     }
     let format = file
         .strip_prefix("transcript.")
@@ -471,95 +521,6 @@ pub async fn download(
         body,
     )
         .into_response())
-}
-
-const AUDIO_CHUNK: i64 = 1024 * 1024;
-
-async fn audio(state: AppState, user: Uuid, id: Uuid, headers: HeaderMap) -> ApiResult<Response> {
-    let mut c = client(&state.pool).await?;
-    let tx = begin_as(&mut c, user).await?;
-    let meta = tx
-        .query_opt(
-            "SELECT content_type, size_bytes FROM s2t.recording_audio WHERE recording_id = $1",
-            &[&id],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("recording audio"))?;
-    tx.commit().await?;
-    drop(c);
-    let (kind, len): (String, i64) = (meta.get(0), meta.get(1));
-    let len = len as u64;
-    let answer = range::parse(
-        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
-        len,
-    );
-    let (status, start, end) = match answer {
-        RangeAnswer::Full => (StatusCode::OK, 0, len.saturating_sub(1)),
-        RangeAnswer::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
-        RangeAnswer::Unsatisfiable => {
-            return Ok((
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-            )
-                .into_response())
-        }
-    };
-    // Read the slice in 1 MiB pieces (substring on uncompressed TOAST
-    // fetches only the chunks it needs), so memory stays flat.
-    let (tx_chunks, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
-    let pool = state.pool.clone();
-    tokio::spawn(async move {
-        let result: ApiResult<()> = async {
-            let mut c = client(&pool).await?;
-            let tx = begin_as(&mut c, user).await?;
-            let mut at = start as i64;
-            while len > 0 && at <= end as i64 {
-                let n = AUDIO_CHUNK.min(end as i64 - at + 1);
-                let piece: Vec<u8> = tx
-                    .query_one(
-                        "SELECT substring(data FROM $2::int FOR $3::int) FROM s2t.recording_audio WHERE recording_id = $1",
-                        &[&id, &((at + 1) as i32), &(n as i32)],
-                    )
-                    .await?
-                    .get(0);
-                at += n;
-                if tx_chunks.send(Ok(Bytes::from(piece))).await.is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = tx_chunks
-                .send(Err(std::io::Error::other(e.problem.detail)))
-                .await;
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut res = Response::new(HttpBody::from_stream(stream));
-    *res.status_mut() = status;
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        kind.parse()
-            .unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
-    );
-    h.insert(
-        header::ACCEPT_RANGES,
-        header::HeaderValue::from_static("bytes"),
-    );
-    let count = if len == 0 { 0 } else { end - start + 1 };
-    h.insert(header::CONTENT_LENGTH, count.into());
-    if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{end}/{len}").parse().expect("ascii"),
-        );
-    }
-    Ok(res)
 }
 
 fn sse_event(e: &crate::events::RecordingEvent) -> Event {

@@ -38,28 +38,38 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 pub async fn stack(max_upload_bytes: u64, with_worker: bool) -> Stack {
+    stack_with(max_upload_bytes, with_worker, |_| {}).await
+}
+
+/// The test configuration for `db`, before any test's changes.
+pub fn test_config(db: &TestDb, spool: &std::path::Path, max_upload_bytes: u64) -> Config {
+    let mut config = Config::new(db.url(APP_LOGIN));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.jwt_secret = Some(SECRET.into());
+    config.access_ttl_secs = 900;
+    config.refresh_ttl_secs = 3600;
+    config.max_upload_bytes = max_upload_bytes;
+    config.cors_origins = vec!["http://app.test".into()];
+    config.spool_dir = Some(spool.to_path_buf());
+    config.db_pool = 4;
+    config.model_names = vec!["tiny.en".into(), "base".into()];
+    config.sync_max_bytes = max_upload_bytes;
+    config.sync_timeout_secs = 120;
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config
+}
+
+/// [`stack`] with the configuration changed by `tweak`.
+pub async fn stack_with(
+    max_upload_bytes: u64,
+    with_worker: bool,
+    tweak: impl FnOnce(&mut Config),
+) -> Stack {
     let db = TestDb::new().await;
     let spool = temp_dir("spool");
-    let config = Config {
-        database_url: db.url(APP_LOGIN),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: Some(SECRET.into()),
-        dev: false,
-        access_ttl_secs: 900,
-        refresh_ttl_secs: 3600,
-        max_upload_bytes,
-        cors_origins: vec!["http://app.test".into()],
-        spool_dir: Some(spool.clone()),
-        db_pool: 4,
-        model_names: vec!["tiny.en".into(), "base".into()],
-        sync_max_bytes: max_upload_bytes,
-        sync_timeout_secs: 120,
-        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(config).expect("gateway state");
-    tokio::spawn(s2t_gateway::run(listener, state, std::future::pending()));
+    let mut config = test_config(&db, &spool, max_upload_bytes);
+    tweak(&mut config);
+    let base = serve(config).await.expect("gateway starts");
     let worker = with_worker.then(|| {
         let bin = std::env::var("S2T_WORKER_BIN").expect("make test sets S2T_WORKER_BIN");
         s2t_tests::worker_command(bin.as_ref(), &db)
@@ -77,6 +87,26 @@ pub async fn stack(max_upload_bytes: u64, with_worker: bool) -> Stack {
         spool,
         worker,
     }
+}
+
+/// Start a gateway with `config` on a loopback port, as `main` does
+/// (including its refusal to start); its base URL.
+pub async fn serve(config: Config) -> anyhow::Result<String> {
+    let state = AppState::connect(config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(s2t_gateway::run(listener, state, std::future::pending()));
+    Ok(base)
+}
+
+/// A gateway on `config` without the start-up checks, to see what a
+/// running gateway says when things change under it.
+pub async fn serve_unchecked(config: Config) -> String {
+    let state = AppState::new(config).expect("gateway state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(s2t_gateway::run(listener, state, std::future::pending()));
+    base
 }
 
 impl Stack {
@@ -126,6 +156,31 @@ impl Stack {
     pub async fn refresh(&self, token: &str) -> (StatusCode, Value) {
         self.post_json("/auth/refresh", json!({"refresh_token": token}), None)
             .await
+    }
+
+    /// Register and log in at another gateway on this database.
+    pub async fn user_at(&self, base: &str, name: &str) -> String {
+        let res = self
+            .http
+            .post(format!("{base}/auth/register"))
+            .json(
+                &json!({"email": format!("{name}@example.com"), "user_name": name,
+                          "password": "a good password"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let res = self
+            .http
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"login": name, "password": "a good password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_string()
     }
 
     /// Register and log in; returns (access, refresh).
