@@ -7,6 +7,7 @@
 //! - [`jobs`]: the queue calls into the extension.
 //! - [`runner`]: the job loop (LISTEN, claims, completion, shutdown).
 //! - [`lease`]: the per-job heartbeat task that renews or gives up a lease.
+//! - [`isolate`]: each transcription in a supervised child process.
 //! - [`faults`]: which failures are retried, and lease timing.
 //! - [`audio_path`]: `file://` audio confined to a root.
 //! - [`pgtls`]: `sslmode` for every connection.
@@ -17,6 +18,7 @@ pub mod asr;
 pub mod audio;
 pub mod audio_path;
 pub mod faults;
+pub mod isolate;
 pub mod jobs;
 pub mod lease;
 pub mod model;

@@ -17,6 +17,10 @@ enum Command {
     /// Transcribe audio files without a database and print one JSON line
     /// per file, then a summary line (used by make bench-asr).
     Transcribe(TranscribeArgs),
+    /// One job's transcription, run by `s2t-worker run` as a child process
+    /// per job: audio on stdin, JSON lines on stdout (internal).
+    #[command(hide = true)]
+    TranscribeJob(TranscribeJobArgs),
     /// Convert a CTranslate2 (faster-whisper) Whisper model directory to a
     /// whisper.cpp ggml file.
     ConvertModel {
@@ -91,6 +95,30 @@ struct RunArgs {
     /// symlinks); without it, `file://` recordings are refused.
     #[arg(long, env = "S2T_AUDIO_ROOT")]
     audio_root: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TranscribeJobArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    language: String,
+    #[arg(long)]
+    threads: i32,
+    #[arg(long)]
+    beam_size: i32,
+    #[arg(long, action = clap::ArgAction::Set)]
+    fit_audio_ctx: bool,
+    #[arg(long)]
+    multilingual: bool,
+    #[arg(long)]
+    prompt: Option<String>,
+    #[arg(long)]
+    max_audio_secs: u64,
+    #[arg(long)]
+    max_ms: Option<i32>,
+    #[arg(long)]
+    extension: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -200,10 +228,13 @@ fn transcribe_files(args: TranscribeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
-    let engine = s2t_worker::asr::Engine::load(&s2t_worker::asr::ModelPaths {
+    let models = s2t_worker::asr::ModelPaths {
         english: args.model_en.clone(),
         multilingual: args.model.clone(),
-    })?;
+    };
+    // Each job's child loads its model; loading them once here refuses a
+    // bad path or file at start rather than at the first job.
+    drop(s2t_worker::asr::Engine::load(&models)?);
     let cores = cores();
     let settings = s2t_worker::runner::Settings {
         database_url: args.database_url,
@@ -224,6 +255,8 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         retention_days: args.retention_days,
         shutdown_grace_secs: args.shutdown_grace_secs,
         audio_root: args.audio_root,
+        models,
+        worker_exe: std::env::current_exe().context("locating the worker binary")?,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -239,7 +272,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         );
         let _ = tx.send(true);
     });
-    s2t_worker::runner::run(settings, engine, rx).await
+    s2t_worker::runner::run(settings, rx).await
 }
 
 fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Result<()> {
@@ -280,6 +313,20 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run_worker(args))?;
         }
         Command::Transcribe(args) => transcribe_files(args)?,
+        Command::TranscribeJob(a) => {
+            s2t_worker::isolate::run_child(&s2t_worker::isolate::ChildJob {
+                model: a.model,
+                language: a.language,
+                threads: a.threads,
+                beam_size: a.beam_size,
+                fit_audio_ctx: a.fit_audio_ctx,
+                multilingual: a.multilingual,
+                prompt: a.prompt,
+                max_audio_secs: a.max_audio_secs,
+                max_ms: a.max_ms,
+                extension: a.extension,
+            })
+        }
         Command::ConvertModel {
             ct2,
             out,

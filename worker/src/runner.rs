@@ -16,25 +16,22 @@
 //!   transcript with `S2V01`, undecodable or missing audio, a path outside
 //!   the audio root, no model for the language) fails the job at once with
 //!   the reason (`fail_job(..., retryable => false)`).
-//! - A panic in decoding or Whisper is caught by its blocking task
-//!   (`spawn_blocking` unwinds into a `JoinError`): it costs that job one
-//!   attempt and nothing else.
-//! - A crash that ends the process (whisper.cpp's `GGML_ASSERT` abort, the
-//!   kernel's OOM killer) is not caught in-process: every job the process
-//!   held loses its lease, and each is claimed again by its own expiry,
-//!   counting one attempt per job; a job that crashes every time fails
-//!   after `max_attempts` with "the worker stopped responding". Running
-//!   each transcription in a supervised child process would confine that
-//!   to the crashing job; it is not done yet (see the README).
+//! - A crash in decoding or Whisper (a panic, whisper.cpp's `GGML_ASSERT`
+//!   abort, an allocation failure, the OOM killer) ends only the child
+//!   process that runs that job's transcription ([`crate::isolate`]): the
+//!   slot reports the attempt as failed (retryable), and the other slots'
+//!   jobs carry on untouched. A job that crashes every time fails after
+//!   `max_attempts` with the reason.
+//! - If the worker process itself dies, each job it held loses its lease
+//!   and is claimed again by its own expiry, one attempt per job.
 
-use crate::asr::{Engine, EngineError, TranscribeOptions};
-use crate::audio::{self, AudioError};
+use crate::asr::ModelPaths;
 use crate::faults::{self, ErrorClass};
+use crate::isolate::{self, ChildJob, ChildMessage};
 use crate::jobs::{self, AudioSource, Claim};
 use crate::lease::LeaseKeeper;
 use crate::pgtls::{self, Target};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -62,6 +59,10 @@ pub struct Settings {
     /// `file://` audio must resolve under this directory; `None` refuses
     /// `file://` altogether.
     pub audio_root: Option<PathBuf>,
+    /// The model files; each job's child process loads the one it needs.
+    pub models: ModelPaths,
+    /// This binary, run as `transcribe-job` for each job (see [`crate::isolate`]).
+    pub worker_exe: PathBuf,
 }
 
 /// What became of one job, for logs and tests.
@@ -201,21 +202,15 @@ pub fn cut_to_allowance(
 struct Shared {
     settings: Settings,
     target: Target,
-    engine: Arc<Engine>,
     wake: Notify,
 }
 
 /// Run until shutdown (or, with `once`, until the queue is empty).
-pub async fn run(
-    settings: Settings,
-    engine: Engine,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let target = pgtls::target(&settings.database_url)?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         target,
-        engine: Arc::new(engine),
         wake: Notify::new(),
     });
     let listener = tokio::spawn(listen(shared.clone(), stop.clone()));
@@ -389,112 +384,118 @@ async fn process(
         }
     };
     keeper.set_progress(0.01);
-    let max = s.max_audio_secs;
-    let decoding =
-        tokio::task::spawn_blocking(move || audio::decode(audio.0, audio.1.as_deref(), max));
-    let decoded = tokio::select! {
-        d = decoding => d,
-        // The decoder thread finishes on its own; its result is dropped.
-        reason = keeper.lost_changed() => return Outcome::LeaseLost(reason),
+    let multilingual = claim.model.as_deref().is_some_and(|m| !m.ends_with(".en"));
+    let Some(model) = isolate::model_for(&s.models, &claim.language, multilingual) else {
+        let reason = format!(
+            "no model is configured for language {:?} on this worker",
+            claim.language
+        );
+        return fail(db, &keeper, claim, &reason, false).await;
     };
-    let mut decoded = match decoded {
-        Ok(Ok(d)) => d,
-        // Bad input never gets better: fail now, no retries.
-        Ok(Err(e)) => return fail(db, &keeper, claim, &describe_audio_error(&e), false).await,
-        Err(e) => return fail(db, &keeper, claim, &format!("decoder crashed: {e}"), false).await,
-    };
-    let mut duration_ms = i32::try_from(decoded.duration_ms).unwrap_or(i32::MAX);
-    let mut notice = None;
-    if let Some((keep, ms, text)) =
-        cut_to_allowance(decoded.samples.len(), decoded.duration_ms, claim.max_ms)
-    {
-        decoded.samples.truncate(keep);
-        duration_ms = i32::try_from(ms).unwrap_or(i32::MAX);
-        notice = Some(text);
-    }
-    keeper.set_progress(0.05);
-
-    let threads = (s.thread_budget / s.concurrency.max(1)).max(1) as i32;
-    let options = TranscribeOptions {
+    let job = ChildJob {
+        model,
         language: claim.language.clone(),
-        threads,
+        threads: (s.thread_budget / s.concurrency.max(1)).max(1) as i32,
         beam_size: s.beam_size,
-        cancel: Some(keeper.cancel.clone()),
         fit_audio_ctx: s.fit_audio_ctx,
-        multilingual: claim.model.as_deref().is_some_and(|m| !m.ends_with(".en")),
+        multilingual,
         prompt: claim.prompt.clone(),
+        max_audio_secs: s.max_audio_secs,
+        max_ms: claim.max_ms,
+        extension: audio.1.clone(),
     };
-    let engine = shared.engine.clone();
-    let progress: Arc<AtomicU32> = keeper.progress.clone();
-    let mut work = tokio::task::spawn_blocking(move || {
-        engine.transcribe(&decoded.samples, &options, move |f| {
-            // Reading and decoding are the first 5 %, completion the last.
-            progress.store((0.05 + 0.9 * f).to_bits(), Ordering::Relaxed)
-        })
+    let spawned = tokio::process::Command::new(&s.worker_exe)
+        .args(job.args())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        // A dropped supervisor (lease lost, shutdown) takes its child along.
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!("could not start the transcription process: {e}");
+            return fail(db, &keeper, claim, &reason, true).await;
+        }
+    };
+    log(
+        "transcribe_started",
+        serde_json::json!({"job_id": claim.job_id, "attempt": claim.attempt, "child_pid": child.id()}),
+    );
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let bytes = audio.0;
+    let feeder = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        // A child that dies early closes the pipe; its exit says why.
+        let _ = stdin.write_all(&bytes).await;
     });
-
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let grace = Duration::from_secs(s.shutdown_grace_secs);
     let mut shutdown_deadline: Option<Instant> = None;
-    let result = loop {
+    let mut answer: Option<ChildMessage> = None;
+    loop {
         let deadline =
             shutdown_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
-            r = &mut work => break r,
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match serde_json::from_str::<ChildMessage>(&line) {
+                    // Reading and decoding are the first 5 %, completion the last.
+                    Ok(ChildMessage::Progress(f)) => keeper.set_progress(0.05 + 0.9 * f.clamp(0.0, 1.0)),
+                    Ok(other) => answer = Some(other),
+                    Err(_) => {}
+                },
+                _ => break,
+            },
+            reason = keeper.lost_changed() => {
+                // Killing the child stops the decode at once; nothing is stored.
+                let _ = child.kill().await;
+                feeder.abort();
+                return Outcome::LeaseLost(reason);
+            }
             _ = stop.changed(), if shutdown_deadline.is_none() => {
                 shutdown_deadline = Some(Instant::now() + grace);
             }
             _ = tokio::time::sleep_until(deadline), if shutdown_deadline.is_some() => {
-                keeper.cancel.store(true, Ordering::Relaxed);
+                let _ = child.kill().await;
+                feeder.abort();
+                return match retrying!(db, &keeper, |c| jobs::release(c, claim)) {
+                    Ok(_) => Outcome::Released,
+                    Err(Stop::LeaseLost(reason)) => Outcome::LeaseLost(reason),
+                    Err(Stop::Permanent(e)) => Outcome::Retry(format!("release failed: {e}")),
+                };
             }
         }
-    };
-    // Lost while Whisper ran: the keeper raised the abort flag, and even a
-    // transcript that finished in that instant is not stored.
+    }
+    let status = child.wait().await;
+    feeder.abort();
     if let Some(reason) = keeper.lost() {
         return Outcome::LeaseLost(reason);
     }
-    let transcript = match result {
-        Ok(Ok(t)) => t,
-        Ok(Err(EngineError::Cancelled)) => {
-            return match retrying!(db, &keeper, |c| jobs::release(c, claim)) {
-                Ok(_) => Outcome::Released,
-                Err(Stop::LeaseLost(reason)) => Outcome::LeaseLost(reason),
-                Err(Stop::Permanent(e)) => Outcome::Retry(format!("release failed: {e}")),
-            }
+    let (duration_ms, notice, language, segments, segment_count) = match answer {
+        Some(ChildMessage::Done {
+            duration_ms,
+            notice,
+            language,
+            segments,
+            segment_count,
+        }) => (duration_ms, notice, language, segments, segment_count),
+        Some(ChildMessage::Failed { permanent, reason }) => {
+            return fail(db, &keeper, claim, &reason, !permanent).await
         }
-        Ok(Err(e @ EngineError::NoModel(_))) => {
-            return fail(
-                db,
-                &keeper,
-                claim,
-                &format!("transcription failed: {e}"),
-                false,
-            )
-            .await
-        }
-        Ok(Err(e)) => {
-            return fail(
-                db,
-                &keeper,
-                claim,
-                &format!("transcription failed: {e}"),
-                true,
-            )
-            .await
-        }
-        Err(e) => {
-            return fail(
-                db,
-                &keeper,
-                claim,
-                &format!("transcription crashed: {e}"),
-                true,
-            )
-            .await
+        // It died without answering: an abort, a signal, the OOM killer.
+        // That costs this job one attempt and no other job anything.
+        Some(ChildMessage::Progress(_)) | None => {
+            let how = match status {
+                Ok(st) => st.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let reason = format!("the transcription process crashed ({how})");
+            return fail(db, &keeper, claim, &reason, true).await;
         }
     };
-    let segments = serde_json::to_value(&transcript.segments).expect("segments serialise");
-    let language = transcript.language.as_deref();
+    let language = language.as_deref();
     let notice = notice.as_deref();
     match retrying!(db, &keeper, |c| jobs::complete(
         c,
@@ -505,7 +506,7 @@ async fn process(
         notice
     )) {
         Ok(true) => Outcome::Done {
-            segments: transcript.segments.len(),
+            segments: segment_count,
             duration_ms,
         },
         Ok(false) => Outcome::AlreadyDone,
@@ -527,13 +528,6 @@ async fn process(
             )
             .await
         }
-    }
-}
-
-fn describe_audio_error(e: &AudioError) -> String {
-    match e {
-        AudioError::Empty | AudioError::NoSamples => format!("{e}: nothing to transcribe"),
-        _ => e.to_string(),
     }
 }
 

@@ -565,3 +565,93 @@ async fn sslmode_require_refuses_a_server_without_tls() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ca.pem"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_transcription_costs_only_its_own_job_an_attempt() {
+    let _turn = common::one_decoder_at_a_time_async().await;
+    let db = TestDb::new().await;
+    // Two users: a job of unknown length reserves all of its user's
+    // minutes at the claim, so one user's jobs run one after the other.
+    let user = register(&db.admin, "crashy").await;
+    let user2 = register(&db.admin, "steady").await;
+    set_limits(&db.admin, user, 10, 600).await;
+    set_limits(&db.admin, user2, 10, 600).await;
+    let dir = temp_dir("faults-crash");
+    let bytes = std::fs::read(long_speech(&dir)).unwrap();
+    let first = queue_bytes(&db, user, bytes.clone()).await;
+    let second = queue_bytes(&db, user2, bytes).await;
+    let mut worker = Worker::spawn(
+        &db,
+        &db.url(s2t_tests::WORKER_LOGIN),
+        &["--concurrency", "2", "--lease-secs", "10"],
+    );
+    // Both jobs in flight, each in its own transcription process.
+    let mut children = Vec::new();
+    for attempt_job in 0..2 {
+        let line = worker
+            .wait_for("two transcriptions started", |v| {
+                v["event"] == "transcribe_started"
+                    && !children.contains(&v["job_id"].as_i64().unwrap_or(-1))
+            })
+            .await;
+        children.push(line["job_id"].as_i64().unwrap());
+        if attempt_job == 1 {
+            break;
+        }
+    }
+    let started: Vec<serde_json::Value> = worker
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "transcribe_started")
+        .collect();
+    let victim = &started[0];
+    let victim_job = victim["job_id"].as_i64().unwrap();
+    let pid = victim["child_pid"].as_u64().unwrap().to_string();
+    // What whisper.cpp's GGML_ASSERT does: abort().
+    assert!(Command::new("kill")
+        .args(["-ABRT", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let victim_rec: Uuid = db
+        .admin
+        .query_one(
+            "SELECT recording_id FROM s2t.jobs WHERE id = $1",
+            &[&victim_job],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let other = if victim_rec == first { second } else { first };
+    let line = worker
+        .wait_for("the crashed job's outcome", |v| {
+            v["event"] == "job" && v["job_id"] == victim_job
+        })
+        .await;
+    let outcome = line["outcome"].as_str().unwrap().to_string();
+    assert!(
+        outcome.starts_with("Retry") && outcome.contains("crashed"),
+        "{outcome}"
+    );
+    assert!(
+        outcome.contains("SIGABRT") || outcome.contains("signal: 6"),
+        "{outcome}"
+    );
+    let s = state(&db, victim_rec).await;
+    assert_eq!((s.2.as_str(), s.3), ("queued", 1), "retried later: {s:?}");
+
+    // The other job, in the same worker process, is untouched.
+    let s = wait_finished(&db, other).await;
+    assert_eq!(s.0, "done", "{:?}", s.1);
+    assert_eq!(s.3, 1, "no attempt lost by the job that did not crash");
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker lives on"
+    );
+    worker.stop();
+    std::fs::remove_dir_all(&dir).ok();
+}
