@@ -25,6 +25,12 @@ pub struct Config {
     pub access_ttl_secs: i64,
     #[arg(long, env = "S2T_REFRESH_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub refresh_ttl_secs: i64,
+    /// How long after a refresh the same spent token still returns the
+    /// successor already issued (two tabs, a retry after a timeout) instead
+    /// of revoking the session as stolen; at most 300.
+    #[arg(long, env = "S2T_REFRESH_GRACE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u16).range(0..=300))]
+    pub refresh_grace_secs: u16,
     /// Largest accepted upload, in bytes.
     #[arg(long, env = "S2T_MAX_UPLOAD_BYTES", default_value_t = 200 * 1024 * 1024)]
     pub max_upload_bytes: u64,

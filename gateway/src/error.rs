@@ -132,6 +132,9 @@ impl ApiError {
     pub fn from_sqlstate(code: &str, message: &str, detail: &str, hint: &str) -> ApiError {
         let status = s2t_core::sqlstate::http_status(code).or(match code {
             "23505" => Some(409),
+            // The extension's own refusals of a role or user (a paid plan,
+            // resetting usage, a non-admin): the message says what and why.
+            "42501" => Some(403),
             // Malformed values, too long, out of range, a check failed,
             // NUL or an unencodable character in text.
             "22P02" | "22001" | "22003" | "23514" | "22021" | "22P05" => Some(422),

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod observe;
 pub mod openapi;
 pub mod pgtls;
+pub mod probe;
 pub mod quota;
 pub mod range;
 pub mod routes;

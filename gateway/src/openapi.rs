@@ -39,6 +39,39 @@ fn op(summary: &str, tag: &str, secured: bool, extra: Value, responses: Value) -
     Value::Object(o)
 }
 
+/// The admin surface and the billing webhook (kept apart: one `json!` for
+/// every path exceeds the macro's recursion limit).
+fn admin_paths() -> Value {
+    let obj = json!({"type": "object"});
+    json!({
+        "/admin/users": {"get": op("Admins: users with plan and usage", "admin", true,
+            json!({"parameters": [
+                {"name": "search", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}]}),
+            json!({"200": ok_json("users", obj.clone()), "403": problem()}))},
+        "/admin/users/{id}": {"patch": op("Admins: change a user's status or plan, or reset their usage", "admin", true,
+            json!({"parameters": [id_param()], "requestBody": body(json!({"type": "object", "additionalProperties": false, "properties": {
+                "status": {"type": "string", "enum": ["active", "disabled"]}, "plan_code": {"type": "string"},
+                "reset_usage": {"type": "boolean"}}}))}),
+            json!({"200": ok_json("changed", obj.clone()), "403": problem(), "409": problem()}))},
+        "/admin/plans": {"get": op("Admins: the plans", "admin", true, json!({}),
+            json!({"200": ok_json("plans", obj.clone()), "403": problem()}))},
+        "/admin/plans/{code}": {"put": op("Admins: create or update a plan", "admin", true,
+            json!({"parameters": [{"name": "code", "in": "path", "required": true, "schema": {"type": "string"}}],
+                   "requestBody": body(json!({"type": "object", "additionalProperties": false,
+                       "required": ["name", "monthly_minutes", "monthly_usage_limit"], "properties": {
+                       "name": {"type": "string"}, "description": {"type": "string"}, "plan_type": {"type": "string"},
+                       "plan_cost": {"type": "integer"}, "plan_discount": {"type": "integer"},
+                       "monthly_minutes": {"type": "integer"}, "monthly_usage_limit": {"type": "integer"}}}))}),
+            json!({"200": ok_json("saved", obj.clone()), "403": problem()}))},
+        "/billing/webhook": {"post": op("Billing: apply a signed plan change (header s2t-signature: t=<unix>,v1=<hex HMAC-SHA256 of t.body>)", "admin", false,
+            json!({"requestBody": body(json!({"type": "object", "required": ["event_id", "user_id", "plan_code"], "properties": {
+                "event_id": {"type": "string"}, "user_id": {"type": "string", "format": "uuid"}, "plan_code": {"type": "string"}}}))}),
+            json!({"200": ok_json("applied or duplicate", obj.clone()), "409": problem(), "413": problem()}))}
+    })
+}
+
 pub fn document() -> Value {
     let obj = json!({"type": "object"});
     let recording = json!({"$ref": "#/components/schemas/Recording"});
@@ -46,7 +79,7 @@ pub fn document() -> Value {
         json!({"required": true, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"], "properties": fields}}}})
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "pg_s2t gateway", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Speech to text on PostgreSQL. Errors are RFC 9457 problem details."},
@@ -149,7 +182,11 @@ pub fn document() -> Value {
                     "segments": {"type": "array", "items": {"type": "object"}}}}
             }
         }
-    })
+    });
+    if let (Some(paths), Value::Object(admin)) = (doc["paths"].as_object_mut(), admin_paths()) {
+        paths.extend(admin);
+    }
+    doc
 }
 
 /// The docs page: every operation with its method, path and summary.

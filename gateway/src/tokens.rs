@@ -83,6 +83,9 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Keys the derivation of a refresh token's successor (see
+    /// [`JwtKeys::successor`]); separate from the signing key by domain.
+    successor_key: Vec<u8>,
 }
 
 impl JwtKeys {
@@ -91,11 +94,29 @@ impl JwtKeys {
         validation.leeway = 0;
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        let mut successor_key = Sha256::new();
+        successor_key.update(b"pg_s2t refresh successor\0");
+        successor_key.update(secret);
         JwtKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            successor_key: successor_key.finalize().to_vec(),
         }
+    }
+
+    /// The refresh token that replaces `spent`: a MAC of it under the
+    /// server's secret. Deterministic on purpose, so that two tabs (or a
+    /// retry after a timeout) presenting the same token within the grace
+    /// window get the same successor back instead of tripping reuse
+    /// detection; unguessable without the secret, and different for every
+    /// token, since each chain starts from 256 random bits.
+    pub fn successor(&self, spent: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.successor_key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(spent.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
     pub fn issue(&self, user: Uuid, now: i64, ttl_secs: i64) -> String {

@@ -214,3 +214,85 @@ async fn a_schema_fuzz_pass_finds_no_server_errors() {
     assert!(stdout.contains("passed"), "{stdout}");
     std::fs::remove_dir_all(&report).ok();
 }
+
+/// A minute of audio: a sentence, then silence, as a 16 kHz WAV whose
+/// header declares 60 s.
+fn minute_wav() -> Vec<u8> {
+    let dir = common::temp_dir("minute");
+    let speech = s2t_tests::speech_wav(SPOKEN, "en-us", 0.5, &dir, "speech");
+    let out = dir.join("minute.wav");
+    let ok = std::process::Command::new("sox")
+        .arg(&speech)
+        .arg(&out)
+        .args(["pad", "0", "60", "trim", "0", "60"])
+        .status()
+        .expect("run sox");
+    assert!(ok.success());
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    bytes
+}
+
+/// The attack: a user with 2 minutes posts five 1-minute files at
+/// once. Work in flight counts against the minutes, so two are admitted,
+/// transcribed and billed (120 s in all) and three are refused with the
+/// numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_concurrent_minute_uploads_on_a_two_minute_plan_bill_at_most_two_minutes() {
+    // Let all five through the per-user cap on uploads in flight: this is
+    // about the minutes.
+    let s = common::stack_with(50 * 1024 * 1024, true, |c| c.max_uploads_in_flight = 8).await;
+    let (token, _) = s.user("burst").await;
+    let user: uuid::Uuid =
+        s.db.admin
+            .query_one("SELECT id FROM s2t.users WHERE user_name = 'burst'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    s2t_tests::set_limits(&s.db.admin, user, 100, 2).await;
+    let wav = minute_wav();
+    let posts = (0..5).map(|_| s.upload(&token, wav.clone(), "en"));
+    let answers = futures_util::future::join_all(posts).await;
+    let mut accepted = Vec::new();
+    for (status, body) in &answers {
+        match *status {
+            StatusCode::ACCEPTED => accepted.push(body["id"].as_str().unwrap().to_string()),
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(body["code"], "S2Q02", "{body}");
+                let detail = body["detail"].as_str().unwrap();
+                assert!(
+                    detail.contains("60 seconds long") || detail.contains("used up"),
+                    "{detail}"
+                );
+                assert_eq!(body["limit_value"], 120, "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(accepted.len(), 2, "{answers:?}");
+    for id in &accepted {
+        let events = s.follow(&token, id).await;
+        assert_eq!(events.last().unwrap()["status"], "done", "{events:?}");
+    }
+    let billed = s
+        .count(&format!(
+            "SELECT sum(billed_seconds)::bigint FROM s2t.recordings WHERE user_id = '{user}'"
+        ))
+        .await;
+    assert_eq!(billed, 120);
+    assert_eq!(
+        s.count(&format!(
+            "SELECT (used_seconds + reserved_seconds)::bigint FROM s2t.user_subscriptions WHERE user_id = '{user}'"
+        ))
+        .await,
+        120
+    );
+    assert_eq!(
+        s.count(&format!(
+            "SELECT count(*) FROM s2t.recordings WHERE user_id = '{user}'"
+        ))
+        .await,
+        2,
+        "refused uploads left no rows"
+    );
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{stack, SECRET};
+use common::{stack, stack_with, SECRET};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -154,8 +154,33 @@ async fn failures_from_one_address_behind_the_proxy_block_only_that_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_rotates_and_reuse_revokes_the_family() {
+async fn two_tabs_refreshing_at_once_keep_the_session() {
     let s = stack(1 << 20, false).await;
+    let (_, first) = s.user("tabby").await;
+    let (a, b) = tokio::join!(s.refresh(&first), s.refresh(&first));
+    assert_eq!(a.0, StatusCode::OK, "{}", a.1);
+    assert_eq!(b.0, StatusCode::OK, "{}", b.1);
+    let next = a.1["refresh_token"].as_str().unwrap();
+    assert_eq!(
+        next,
+        b.1["refresh_token"].as_str().unwrap(),
+        "the same successor"
+    );
+    assert_ne!(next, first);
+    // The session lives on: the successor refreshes, the family is intact.
+    let (st, third) = s.refresh(next).await;
+    assert_eq!(st, StatusCode::OK, "{third}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM s2t.refresh_tokens WHERE revoked_at IS NULL")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    // No grace: a spent token presented again is theft at once.
+    let s = stack_with(1 << 20, false, |c| c.refresh_grace_secs = 0).await;
     let (_, first) = s.user("fay").await;
     let (st, second) = s.refresh(&first).await;
     assert_eq!(st, StatusCode::OK, "{second}");

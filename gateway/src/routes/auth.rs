@@ -277,15 +277,17 @@ pub async fn refresh(
             "refresh_token is required".to_string(),
         )])));
     }
-    let next = tokens::new_refresh_token();
+    let next = state.jwt.successor(&body.refresh_token);
     let client = crate::db::client(&state.pool).await?;
     let row = client
         .query_one(
-            "SELECT user_id, outcome FROM s2t.rotate_refresh_token($1, $2, make_interval(secs => $3::float8))",
+            "SELECT user_id, outcome FROM s2t.rotate_refresh_token($1, $2,
+                 make_interval(secs => $3::float8), make_interval(secs => $4::float8))",
             &[
                 &tokens::token_hash(&body.refresh_token),
                 &tokens::token_hash(&next),
                 &(state.config.refresh_ttl_secs as f64),
+                &(state.config.refresh_grace_secs as f64),
             ],
         )
         .await?;

@@ -1,6 +1,7 @@
 //! The HTTP surface. Handlers stay thin: parse, call the extension inside
 //! [`crate::db::begin_as`], shape the answer.
 
+mod admin;
 mod audio;
 mod auth;
 mod me;
@@ -49,6 +50,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/me/plan", post(me::change_plan))
         .route("/plans", get(me::plans))
+        .route("/admin/users", get(admin::list_users))
+        .route(
+            "/admin/users/{id}",
+            axum::routing::patch(admin::change_user),
+        )
+        .route("/admin/plans", get(admin::list_plans))
+        .route("/admin/plans/{code}", put(admin::put_plan))
+        .route(
+            "/billing/webhook",
+            post(admin::billing_webhook).layer(DefaultBodyLimit::max(admin::WEBHOOK_MAX_BYTES)),
+        )
         .route(
             "/recordings",
             post(recordings::upload)

@@ -213,6 +213,14 @@ pub(super) async fn admit(
     meta["filename"] = json!(upload.filename);
     meta["content_type"] = json!(upload.content_type);
     meta["size_bytes"] = json!(upload.size);
+    // The header's length is reserved against the minutes at admission.
+    let (path, filename) = (upload.path.clone(), upload.filename.clone());
+    let expected_ms = tokio::task::spawn_blocking(move || {
+        crate::probe::declared_duration_ms(&path, filename.as_deref())
+    })
+    .await
+    .ok()
+    .flatten();
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
     // Stream the bytes before admitting: admission locks the user's
@@ -220,8 +228,8 @@ pub(super) async fn admit(
     let staged = stage_audio(&tx, upload).await?;
     let id: Uuid = tx
         .query_one(
-            "SELECT s2t.check_quota_and_create_recording($1, 'upload', $2, $3, 'db:')",
-            &[&user, &language, &meta],
+            "SELECT s2t.check_quota_and_create_recording($1, 'upload', $2, $3, 'db:', $4)",
+            &[&user, &language, &meta, &expected_ms],
         )
         .await?
         .get(0);
