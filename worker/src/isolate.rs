@@ -83,6 +83,9 @@ pub fn model_for(paths: &ModelPaths, language: &str, multilingual: bool) -> Opti
 pub enum ChildMessage {
     /// Whisper's progress, 0..1.
     Progress(f32),
+    /// The audio is decoded and this long (before any cut): sent first, so
+    /// the parent can settle the job's reservation while Whisper runs.
+    Decoded { audio_ms: i32 },
     Done {
         /// The transcribed length (cut to the allowance if need be).
         duration_ms: i32,
@@ -137,6 +140,9 @@ fn transcribe_stdin(job: &ChildJob) -> ChildMessage {
         }
     };
     let mut duration_ms = i32::try_from(decoded.duration_ms).unwrap_or(i32::MAX);
+    emit(&ChildMessage::Decoded {
+        audio_ms: duration_ms,
+    });
     let mut notice = None;
     if let Some((keep, ms, text)) =
         crate::runner::cut_to_allowance(decoded.samples.len(), decoded.duration_ms, job.max_ms)

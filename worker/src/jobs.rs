@@ -100,6 +100,19 @@ pub async fn complete(
         .map(|r| r.get(0))
 }
 
+/// Reports the decoded length of the job's audio, so the reservation of a
+/// file whose header did not say shrinks to it and the user's other jobs
+/// can start; returns the new cap in milliseconds (it never grows).
+pub async fn settle_length(client: &Client, c: &Claim, audio_ms: i32) -> Result<i32, PgError> {
+    client
+        .query_one(
+            "SELECT s2t.settle_job_length($1, $2, $3)",
+            &[&c.job_id, &c.lease_token, &audio_ms],
+        )
+        .await
+        .map(|r| r.get(0))
+}
+
 /// Returns the job's new state ('queued' or 'failed').
 pub async fn fail(
     client: &Client,

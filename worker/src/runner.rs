@@ -443,6 +443,16 @@ async fn process(
                 Ok(Some(line)) => match serde_json::from_str::<ChildMessage>(&line) {
                     // Reading and decoding are the first 5 %, completion the last.
                     Ok(ChildMessage::Progress(f)) => keeper.set_progress(0.05 + 0.9 * f.clamp(0.0, 1.0)),
+                    // Gives back the minutes the file does not need. A
+                    // failure here only delays the user's other jobs until
+                    // completion settles the reservation anyway.
+                    Ok(ChildMessage::Decoded { audio_ms }) => {
+                        if let Ok(c) = db.client().await {
+                            if let Err(e) = jobs::settle_length(&c, claim, audio_ms).await {
+                                log("settle_failed", serde_json::json!({"job_id": claim.job_id, "error": e.to_string()}));
+                            }
+                        }
+                    }
                     Ok(other) => answer = Some(other),
                     Err(_) => {}
                 },
@@ -486,7 +496,7 @@ async fn process(
         }
         // It died without answering: an abort, a signal, the OOM killer.
         // That costs this job one attempt and no other job anything.
-        Some(ChildMessage::Progress(_)) | None => {
+        Some(ChildMessage::Progress(_) | ChildMessage::Decoded { .. }) | None => {
             let how = match status {
                 Ok(st) => st.to_string(),
                 Err(e) => e.to_string(),

@@ -163,6 +163,28 @@ async fn queued_recordings_become_segments_and_bad_audio_fails_at_once() {
     );
     assert_eq!(r.billed, (r.duration_ms + 999) / 1000, "seconds rounded up");
     assert_eq!(r.progress.as_deref(), Some("1"));
+    // Queued without a declared length, the worker reported the decoded one
+    // (settle_job_length), which released what the file did not need.
+    let settled: Option<i32> = db
+        .admin
+        .query_one(
+            "SELECT expected_ms FROM s2t.recordings WHERE id = $1",
+            &[&en],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(settled, Some(r.duration_ms));
+    let reserved: i32 = db
+        .admin
+        .query_one(
+            "SELECT s.reserved_seconds FROM s2t.user_subscriptions s JOIN s2t.recordings r ON r.user_id = s.user_id WHERE r.id = $1",
+            &[&en],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reserved, 0, "nothing stays reserved once the queue is done");
     let segs = segments(&db, en).await;
     let text = segs
         .iter()
