@@ -448,7 +448,7 @@ async fn process(
                     // completion settles the reservation anyway.
                     Ok(ChildMessage::Decoded { audio_ms }) => {
                         if let Ok(c) = db.client().await {
-                            if let Err(e) = jobs::settle_length(&c, claim, audio_ms).await {
+                            if let Err(e) = jobs::settle_length(c, claim, audio_ms).await {
                                 log("settle_failed", serde_json::json!({"job_id": claim.job_id, "error": e.to_string()}));
                             }
                         }
