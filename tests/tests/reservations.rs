@@ -98,8 +98,7 @@ async fn five_concurrent_one_minute_files_on_a_two_minute_plan_admit_two() {
     assert_eq!(admitted, 2);
     assert_eq!(reserved(&db, user).await, (120, 0));
 
-    // The worker may transcribe each one's length (plus a margin that still
-    // fits the allowance), and no more.
+    // The worker may transcribe each one's length, and no more.
     let worker = db.connect_as(WORKER_LOGIN).await;
     let a = claim(&worker).await.expect("first job");
     let b = claim(&worker).await.expect("second job");
@@ -107,7 +106,7 @@ async fn five_concurrent_one_minute_files_on_a_two_minute_plan_admit_two() {
     // Together they never exceed the 120 s allowance.
     let caps = a.max_ms.unwrap() + b.max_ms.unwrap();
     assert!(caps <= 120_000, "caps {caps}");
-    assert!(a.max_ms.unwrap() >= 60_000, "{:?}", a.max_ms);
+    assert_eq!(a.max_ms, Some(60_000));
     let ok: bool = worker
         .query_one(
             "SELECT s2t.complete_job($1, 60000, $2)",
@@ -302,4 +301,22 @@ async fn a_declared_length_longer_than_what_is_left_is_refused_up_front() {
         .get(0);
     assert_eq!(n, 0, "nothing created");
     expect_code(admit(&db.admin, user, Some(-1)).await, "S2V01");
+}
+
+/// Claiming a file of known length takes nothing beyond its reservation, so
+/// a file that fits is still admitted while the first one runs.
+#[tokio::test]
+async fn a_claim_does_not_take_minutes_from_later_admissions() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "steady").await;
+    set_limits(&db.admin, user, 100, 2).await;
+    admit(&db.admin, user, Some(60_000)).await.unwrap();
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let a = claim(&worker).await.expect("first job");
+    assert_eq!(a.max_ms, Some(60_000));
+    assert_eq!(reserved(&db, user).await, (60, 0));
+    admit(&db.admin, user, Some(60_000))
+        .await
+        .expect("the second minute still fits");
+    assert_eq!(reserved(&db, user).await, (120, 0));
 }

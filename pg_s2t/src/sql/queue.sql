@@ -115,9 +115,10 @@ BEGIN
 
         -- What this job may transcribe: the minutes left, counting what the
         -- user's other recordings in flight hold but not this one's own
-        -- reservation. A file of known length gets its length plus a little
-        -- (headers round; decoders differ by a frame), never more than is
-        -- left, so a header that lies cannot buy extra minutes.
+        -- reservation. A file of known length gets exactly the whole seconds
+        -- it reserved (rounding up covers a decoder's frame of difference),
+        -- so a header that lies cannot buy extra minutes, and the claim
+        -- takes nothing from the user's other admissions.
         PERFORM _roll_cycle(v_rec.user_id);
         SELECT p.monthly_minutes::bigint * 60 - s.used_seconds - (s.reserved_seconds - v_rec.reserved_seconds)
           INTO v_left
@@ -126,7 +127,7 @@ BEGIN
            FOR UPDATE OF s;
         v_left := coalesce(v_left, 0);
         v_cap := CASE WHEN v_rec.expected_ms IS NULL THEN v_left
-                      ELSE least(v_left, (v_rec.expected_ms::bigint + 999) / 1000 + 2 + v_rec.expected_ms / 50000) END;
+                      ELSE least(v_left, (v_rec.expected_ms::bigint + 999) / 1000) END;
         IF v_cap <= 0 THEN
             IF v_left + (SELECT s.reserved_seconds - v_rec.reserved_seconds FROM user_subscriptions s
                           WHERE s.user_id = v_rec.user_id) > 0 THEN
