@@ -23,7 +23,7 @@ BEGIN
     END IF;
 END
 $roles$;
-COMMENT ON ROLE s2t_definer IS 'pg_s2t: owns the tables and the SECURITY DEFINER functions, so they run with no more than the data model''s rights; no one logs in as it';
+COMMENT ON ROLE s2t_definer IS 'pg_s2t: owns the tables and the definer-rights functions, so they run with no more than the data model''s rights; no one logs in as it';
 
 ALTER TABLE user_subscriptions ADD COLUMN reserved_seconds int NOT NULL DEFAULT 0 CHECK (reserved_seconds >= 0);
 ALTER TABLE recordings ADD COLUMN reserved_seconds int NOT NULL DEFAULT 0 CHECK (reserved_seconds >= 0);

@@ -3,8 +3,8 @@
 -- s2t_app (the gateway) sees only the rows of the user named by the
 -- per-transaction setting s2t.user_id, and changes data only through the
 -- functions below. s2t_worker reads what it transcribes and drives the queue.
--- Superusers and the extension owner bypass RLS, which the SECURITY DEFINER
--- functions rely on.
+-- s2t_definer owns the tables (so RLS does not apply to it) and the
+-- definer-rights functions, which rely on that (see the end of this file).
 
 ALTER TABLE users ENABLE ROW LEVEL SECURITY;
 ALTER TABLE user_profiles ENABLE ROW LEVEL SECURITY;

@@ -18,7 +18,7 @@ BEGIN
 END
 $roles$;
 COMMENT ON ROLE s2t_app IS 'pg_s2t: the application (gateway) role; sees only the rows of the user named by s2t.user_id';
-COMMENT ON ROLE s2t_definer IS 'pg_s2t: owns the tables and the SECURITY DEFINER functions, so they run with no more than the data model''s rights; no one logs in as it';
+COMMENT ON ROLE s2t_definer IS 'pg_s2t: owns the tables and the definer-rights functions, so they run with no more than the data model''s rights; no one logs in as it';
 COMMENT ON ROLE s2t_worker IS 'pg_s2t: transcription workers; may claim and complete jobs and run maintenance';
 
 CREATE TABLE users (
