@@ -22,7 +22,7 @@ pub mod events;
 pub mod limits;
 pub mod observe;
 pub mod openapi;
-pub mod pgtls;
+pub use s2t_pg as pgtls;
 pub mod probe;
 pub mod quota;
 pub mod range;

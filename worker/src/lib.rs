@@ -22,7 +22,7 @@ pub mod isolate;
 pub mod jobs;
 pub mod lease;
 pub mod model;
-pub mod pgtls;
+pub use s2t_pg as pgtls;
 pub mod runner;
 
 /// The queue channel the extension NOTIFYs when a job becomes claimable.

@@ -1,9 +1,7 @@
-//! PostgreSQL over TLS, with libpq's `sslmode` meanings, for every worker
-//! connection (job slots, heartbeats, LISTEN, maintenance).
-//!
-//! The same rules and crate (`postgres-native-tls`) as the gateway's
-//! `pgtls.rs`, of which this is a copy: the two binaries share no crate that
-//! could hold it without pulling tokio-postgres into `s2t-core`.
+//! PostgreSQL over TLS, with libpq's `sslmode` meanings, for every
+//! connection the gateway and the worker open (pools, LISTEN, job slots,
+//! heartbeats, maintenance). A crate of its own so that `s2t-core`, which
+//! the extension links, stays free of tokio-postgres and OpenSSL.
 //!
 //! tokio-postgres knows `sslmode=disable|prefer|require` and nothing of
 //! certificates, so this module takes `sslmode` and `sslrootcert` out of the
