@@ -59,10 +59,11 @@ extension_sql_file!(
     requires = ["queue"]
 );
 extension_sql_file!("sql/auth.sql", name = "auth", requires = ["maintenance"]);
+extension_sql_file!("sql/audio.sql", name = "audio", requires = ["auth"]);
 extension_sql_file!(
     "sql/admin.sql",
     name = "admin",
-    requires = ["auth", billing::billing_signature_problem]
+    requires = ["audio", billing::billing_signature_problem]
 );
 extension_sql_file!(
     "sql/security.sql",

@@ -208,6 +208,37 @@ pub async fn new_recording(client: &Client, user: Uuid, source: &str) -> Uuid {
         .get(0)
 }
 
+/// Store `bytes` as the audio of the `db:` recording `rec`, as the gateway
+/// does: 1 MiB chunks under a fresh audio id, then `s2t.attach_audio`.
+/// Run it inside a transaction (the chunks' foreign key is checked at
+/// commit, after the attach). Returns the audio id.
+pub async fn store_audio(
+    client: &Client,
+    rec: Uuid,
+    owner: Uuid,
+    bytes: &[u8],
+    content_type: &str,
+) -> Uuid {
+    let audio = Uuid::new_v4();
+    for (i, piece) in bytes.chunks(1024 * 1024).enumerate() {
+        client
+            .execute(
+                "INSERT INTO s2t.recording_audio_chunks (audio_id, byte_offset, user_id, data) VALUES ($1, $2, $3, $4)",
+                &[&audio, &((i * 1024 * 1024) as i64), &owner, &piece],
+            )
+            .await
+            .expect("store an audio chunk");
+    }
+    client
+        .execute(
+            "SELECT s2t.attach_audio($1, $2, $3)",
+            &[&rec, &audio, &content_type],
+        )
+        .await
+        .expect("attach the audio");
+    audio
+}
+
 /// Start a transaction acting for `user` (as the gateway does).
 pub async fn act_as(client: &Client, user: Uuid) {
     client.batch_execute("BEGIN").await.expect("begin");

@@ -38,8 +38,8 @@ async fn world() -> World {
             .unwrap();
         db.admin
             .execute(
-                "INSERT INTO s2t.recording_audio (recording_id, data) VALUES ($1, '\\x00'::bytea)",
-                &[&rec],
+                "INSERT INTO s2t.recording_audio (recording_id, audio_id, user_id) VALUES ($1, gen_random_uuid(), $2)",
+                &[&rec, &user],
             )
             .await
             .unwrap();

@@ -63,6 +63,13 @@ async fn snapshot(client: &tokio_postgres::Client) -> Vec<(String, String, Strin
 /// Installs `from`, leaves a user and a recording in it, updates to the
 /// current version and compares the catalog with a fresh install.
 async fn upgrade_matches_fresh_install(from: &str) {
+    upgrade_with_audio(from, None).await;
+}
+
+/// As [`upgrade_matches_fresh_install`]; with `audio`, the recording gets
+/// those bytes in the 0.3.0 layout (one bytea) before the upgrade, and they
+/// must read back the same, in 1 MiB chunks, after it.
+async fn upgrade_with_audio(from: &str, audio: Option<&[u8]>) {
     let fresh = TestDb::new().await;
     let old = TestDb::empty().await;
     old.admin
@@ -90,10 +97,61 @@ async fn upgrade_matches_fresh_install(from: &str) {
         .await
         .unwrap()
         .get(0);
+    if let Some(bytes) = audio {
+        old.admin
+            .execute(
+                "UPDATE s2t.recordings SET audio_uri = 'db:' WHERE id = $1",
+                &[&rec],
+            )
+            .await
+            .unwrap();
+        old.admin
+            .execute(
+                "INSERT INTO s2t.recording_audio (recording_id, content_type, data) VALUES ($1, 'audio/wav', $2)",
+                &[&rec, &bytes],
+            )
+            .await
+            .unwrap();
+    }
     old.admin
         .batch_execute("ALTER EXTENSION pg_s2t UPDATE")
         .await
         .expect("upgrade");
+    if let Some(bytes) = audio {
+        let row = old
+            .admin
+            .query_one(
+                "SELECT size_bytes, chunk_count, content_type, user_id = $2, sealed FROM s2t.recording_audio WHERE recording_id = $1",
+                &[&rec, &user],
+            )
+            .await
+            .expect("the audio row survives");
+        assert_eq!(row.get::<_, i64>(0), bytes.len() as i64);
+        assert_eq!(
+            row.get::<_, i32>(1) as usize,
+            bytes.len().div_ceil(1024 * 1024)
+        );
+        assert_eq!(row.get::<_, String>(2), "audio/wav");
+        assert!(row.get::<_, bool>(3) && row.get::<_, bool>(4));
+        let back: Vec<u8> = old
+            .admin
+            .query_one(
+                "SELECT string_agg(c.data, ''::bytea ORDER BY c.byte_offset) FROM s2t.recording_audio_chunks c
+                   JOIN s2t.recording_audio a USING (audio_id) WHERE a.recording_id = $1",
+                &[&rec],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(back == bytes, "the chunks hold the same bytes");
+        let piece: Vec<u8> = old
+            .admin
+            .query_one("SELECT s2t.read_audio($1, 1048570, 20)", &[&rec])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(piece, bytes[1_048_570..1_048_590].to_vec());
+    }
     let (want, got) = (snapshot(&fresh.admin).await, snapshot(&old.admin).await);
     let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).collect();
     let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).collect();
@@ -132,4 +190,12 @@ async fn upgrading_from_0_1_0_matches_a_fresh_install() {
 #[tokio::test]
 async fn upgrading_from_0_2_0_matches_a_fresh_install() {
     upgrade_matches_fresh_install("0.2.0").await;
+}
+
+#[tokio::test]
+async fn upgrading_from_0_3_0_matches_a_fresh_install_and_moves_audio_into_chunks() {
+    let bytes: Vec<u8> = (0..(2 * 1024 * 1024 + 777) as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    upgrade_with_audio("0.3.0", Some(&bytes)).await;
 }

@@ -2,6 +2,8 @@
 //! functions (`s2t.claim_job`, `heartbeat_job`, `complete_job`, `fail_job`,
 //! `release_job`) plus fetching a recording's audio.
 
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
 use tokio_postgres::{Client, Error as PgError};
 use uuid::Uuid;
 
@@ -139,56 +141,140 @@ pub async fn release(client: &Client, c: &Claim) -> Result<bool, PgError> {
         .map(|r| r.get(0))
 }
 
-/// Where a recording's audio comes from.
+/// A spooled copy of a recording's audio, removed when dropped.
 #[derive(Debug)]
-pub enum AudioSource {
-    Bytes(Vec<u8>, Option<String>),
-    Missing(String),
+pub struct SpoolFile(PathBuf);
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
-/// The audio of a claimed recording: from `s2t.recording_audio` for
-/// `db:`, or a local path for `file://` (a deployment with shared storage),
-/// which must resolve under `audio_root` (see [`crate::audio_path`]).
+/// Where a recording's audio is for the transcription child.
+#[derive(Debug)]
+pub enum AudioSource {
+    /// The audio is in `path`; `spool` removes the worker's copy when the
+    /// job is over (None for `file://` audio, which is read in place).
+    File {
+        path: PathBuf,
+        extension: Option<String>,
+        spool: Option<SpoolFile>,
+    },
+    /// The recording has no audio this worker may read: a permanent failure.
+    Missing(String),
+    /// The worker could not write its local copy (disk full, permissions):
+    /// worth another attempt, perhaps on another worker.
+    Local(String),
+}
+
+/// Make a recording's audio readable as a file for the child: stored
+/// (`db:`) audio is streamed to `spool_dir` chunk by chunk, so the worker's
+/// memory does not grow with the file; `file://` audio (a deployment with
+/// shared storage) must resolve under `audio_root` (see
+/// [`crate::audio_path`]) and is read in place.
 pub async fn load_audio(
     client: &Client,
     c: &Claim,
-    audio_root: Option<&std::path::Path>,
+    audio_root: Option<&Path>,
+    spool_dir: &Path,
 ) -> Result<AudioSource, PgError> {
     match c.audio_uri.as_deref() {
-        Some("db:") | None => {
-            let row = client
-                .query_opt(
-                    "SELECT data, content_type FROM s2t.recording_audio WHERE recording_id = $1",
-                    &[&c.recording_id],
-                )
-                .await?;
-            Ok(match row {
-                Some(r) => {
-                    let content_type: String = r.get(1);
-                    AudioSource::Bytes(r.get(0), extension_for(&content_type).map(str::to_string))
-                }
-                None => AudioSource::Missing("no audio was uploaded for this recording".into()),
-            })
-        }
+        Some("db:") | None => spool_stored_audio(client, c, spool_dir).await,
         Some(uri) if uri.starts_with("file://") => {
             let path = match crate::audio_path::resolve_file_uri(uri, audio_root) {
                 Ok(path) => path,
                 Err(e) => return Ok(AudioSource::Missing(e.to_string())),
             };
-            Ok(match tokio::fs::read(&path).await {
-                Ok(bytes) => AudioSource::Bytes(
-                    bytes,
-                    path.extension()
-                        .and_then(|e| e.to_str())
-                        .map(str::to_string),
-                ),
-                Err(e) => AudioSource::Missing(format!("cannot read {}: {e}", path.display())),
+            if let Err(e) = tokio::fs::metadata(&path).await {
+                return Ok(AudioSource::Missing(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+            let extension = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_string);
+            Ok(AudioSource::File {
+                path,
+                extension,
+                spool: None,
             })
         }
         Some(other) => Ok(AudioSource::Missing(format!(
             "unsupported audio location {other:?} (expected db: or file://)"
         ))),
     }
+}
+
+async fn spool_stored_audio(
+    client: &Client,
+    c: &Claim,
+    spool_dir: &Path,
+) -> Result<AudioSource, PgError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT content_type, audio_id, size_bytes FROM s2t.recording_audio WHERE recording_id = $1",
+            &[&c.recording_id],
+        )
+        .await?
+    else {
+        return Ok(AudioSource::Missing(
+            "no audio was uploaded for this recording".into(),
+        ));
+    };
+    let content_type: String = row.get(0);
+    let audio_id: Uuid = row.get(1);
+    let size: i64 = row.get(2);
+    let extension = extension_for(&content_type).map(str::to_string);
+    let path = spool_dir.join(format!("job-{}-{}", c.job_id, Uuid::new_v4()));
+    let local = |e: std::io::Error| {
+        AudioSource::Local(format!(
+            "cannot write the audio to {}: {e}",
+            spool_dir.display()
+        ))
+    };
+    if let Err(e) = tokio::fs::create_dir_all(spool_dir).await {
+        return Ok(local(e));
+    }
+    let mut file = match tokio::fs::File::create(&path).await {
+        Ok(f) => f,
+        Err(e) => return Ok(local(e)),
+    };
+    let spool = SpoolFile(path.clone());
+    // Rows arrive as the stream is polled, so at most a chunk or two (and
+    // the socket's buffers) are in memory at once.
+    let rows = client
+        .query_raw(
+            "SELECT data FROM s2t.recording_audio_chunks WHERE audio_id = $1 ORDER BY byte_offset",
+            [&audio_id],
+        )
+        .await?;
+    futures_util::pin_mut!(rows);
+    let mut written: i64 = 0;
+    while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+        let piece: &[u8] = row.get(0);
+        written += piece.len() as i64;
+        if let Err(e) = file.write_all(piece).await {
+            return Ok(local(e));
+        }
+    }
+    if written != size {
+        // Open audio (a realtime session still appending) or a torn read:
+        // transcribe what is there only if it is what the row promised.
+        return Ok(AudioSource::Missing(format!(
+            "the stored audio is {written} bytes but its recording says {size}"
+        )));
+    }
+    if let Err(e) = file.flush().await {
+        return Ok(local(e));
+    }
+    Ok(AudioSource::File {
+        path,
+        extension,
+        spool: Some(spool),
+    })
 }
 
 /// A file-extension hint for the decoder from a MIME type.

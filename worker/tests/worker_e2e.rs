@@ -5,7 +5,7 @@
 mod common;
 
 use common::{speech_wav, temp_dir, wer};
-use s2t_tests::{register, set_limits, used_seconds, TestDb};
+use s2t_tests::{register, set_limits, store_audio, used_seconds, TestDb};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -52,13 +52,7 @@ async fn queue(
         .await
         .unwrap()
         .get(0);
-    db.admin
-        .execute(
-            "INSERT INTO s2t.recording_audio (recording_id, content_type, data) VALUES ($1, $2, $3)",
-            &[&rec, &content_type, &bytes],
-        )
-        .await
-        .unwrap();
+    store_audio(&db.admin, rec, user, &bytes, content_type).await;
     db.admin.batch_execute("COMMIT").await.unwrap();
     rec
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{speech_wav, temp_dir};
-use s2t_tests::{register, set_limits, used_seconds, TestDb};
+use s2t_tests::{register, set_limits, store_audio, used_seconds, TestDb};
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -91,13 +91,7 @@ async fn queue_bytes(db: &TestDb, user: Uuid, bytes: Vec<u8>) -> Uuid {
         .await
         .unwrap()
         .get(0);
-    db.admin
-        .execute(
-            "INSERT INTO s2t.recording_audio (recording_id, content_type, data) VALUES ($1, 'audio/wav', $2)",
-            &[&rec, &bytes],
-        )
-        .await
-        .unwrap();
+    store_audio(&db.admin, rec, user, &bytes, "audio/wav").await;
     db.admin.batch_execute("COMMIT").await.unwrap();
     rec
 }

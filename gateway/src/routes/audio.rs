@@ -5,8 +5,7 @@
 //! on a connection that goes back to the pool before the bytes are sent.
 //! Holding one connection (and an open transaction) per player would let 16
 //! paused players take the whole pool. Where the bytes live is confined to
-//! [`audio_meta`] and [`read_audio`], so moving audio to chunked storage
-//! changes only them.
+//! [`audio_meta`] and [`read_audio`].
 
 use crate::db::{begin_as, client};
 use crate::error::{ApiError, ApiResult};
@@ -37,10 +36,11 @@ async fn audio_meta(state: &AppState, user: Uuid, id: Uuid) -> ApiResult<(String
     Ok((row.get(0), len.max(0) as u64))
 }
 
-/// `len` bytes from `offset`, in one short transaction. `substring` on
-/// uncompressed TOAST fetches only the chunks it needs. The user is checked
-/// again, so deleting the recording or disabling the account stops a
-/// download in progress at its next step.
+/// `len` bytes from `offset`, in one short transaction: `s2t.read_audio`
+/// reads only the stored chunks that overlap the range (and of those only
+/// the TOAST pages it needs). The user is checked again, so deleting the
+/// recording or disabling the account stops a download in progress at its
+/// next step.
 async fn read_audio(
     state: &AppState,
     user: Uuid,
@@ -52,8 +52,8 @@ async fn read_audio(
     let tx = begin_as(&mut c, user).await?;
     let piece: Vec<u8> = tx
         .query_opt(
-            "SELECT substring(data FROM $2::int FOR $3::int) FROM s2t.recording_audio WHERE recording_id = $1",
-            &[&id, &((offset + 1) as i32), &(len as i32)],
+            "SELECT s2t.read_audio($1, $2, $3)",
+            &[&id, &(offset as i64), &(len as i32)],
         )
         .await?
         .ok_or_else(|| ApiError::not_found("recording audio"))?

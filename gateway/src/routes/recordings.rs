@@ -85,46 +85,67 @@ async fn spool(
     Ok(spooled)
 }
 
-/// Stream the spooled file into the database with binary COPY (so the
-/// gateway never holds the whole upload in memory) and return its staging
-/// id for `s2t.attach_upload`. COPY cannot target `recording_audio` itself,
-/// which has row-level security; `s2t.audio_uploads` is its insert-only
-/// staging.
+/// Bytes per stored chunk: big enough that a row's overhead is noise, small
+/// enough that a range read fetches little it does not need.
+pub const AUDIO_CHUNK: usize = 1024 * 1024;
+
+/// Stream the spooled file into `s2t.recording_audio_chunks` with binary
+/// COPY, one row per [`AUDIO_CHUNK`] bytes, so neither the gateway nor the
+/// database ever holds the whole upload, and return the audio id for
+/// `s2t.attach_audio`. The bytes are written once: attaching them later in
+/// the transaction only records where they are.
 async fn stage_audio(tx: &tokio_postgres::Transaction<'_>, upload: &Spooled) -> ApiResult<Uuid> {
-    let staged = Uuid::new_v4();
+    let audio_id = Uuid::new_v4();
     let sink = tx
-        .copy_in("COPY s2t.audio_uploads (id, content_type, data) FROM STDIN (FORMAT binary)")
+        .copy_in(
+            "COPY s2t.recording_audio_chunks (audio_id, byte_offset, data) FROM STDIN (FORMAT binary)",
+        )
         .await?;
     futures_util::pin_mut!(sink);
     let mut head = BytesMut::new();
     head.put_slice(b"PGCOPY\n\xff\r\n\0");
     head.put_i32(0); // flags
     head.put_i32(0); // header extension length
-    head.put_i16(3); // fields in the tuple
-    head.put_i32(16);
-    head.put_slice(staged.as_bytes());
-    head.put_i32(upload.content_type.len() as i32);
-    head.put_slice(upload.content_type.as_bytes());
-    let size = i32::try_from(upload.size).map_err(|_| too_large(i32::MAX as u64))?;
-    head.put_i32(size);
     sink.send(head.freeze()).await?;
     let mut file = tokio::fs::File::open(&upload.path)
         .await
         .map_err(|e| ApiError::internal(format!("spool read: {e}")))?;
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; AUDIO_CHUNK];
+    let mut offset: i64 = 0;
     loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| ApiError::internal(format!("spool read: {e}")))?;
+        // Fill a whole chunk (reads may return less) so that every chunk
+        // but the last is exactly AUDIO_CHUNK bytes.
+        let mut n = 0;
+        while n < buf.len() {
+            let got = file
+                .read(&mut buf[n..])
+                .await
+                .map_err(|e| ApiError::internal(format!("spool read: {e}")))?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
         if n == 0 {
             break;
         }
-        sink.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        let mut row = BytesMut::with_capacity(n + 46);
+        row.put_i16(3); // fields in the tuple
+        row.put_i32(16);
+        row.put_slice(audio_id.as_bytes());
+        row.put_i32(8);
+        row.put_i64(offset);
+        row.put_i32(n as i32);
+        row.put_slice(&buf[..n]);
+        sink.send(row.freeze()).await?;
+        offset += n as i64;
+        if n < buf.len() {
+            break;
+        }
     }
     sink.send(Bytes::from_static(b"\xff\xff")).await?; // end of data
     sink.as_mut().finish().await?;
-    Ok(staged)
+    Ok(audio_id)
 }
 
 /// A multipart upload: the spooled `file` and the other (short) text fields.
@@ -233,8 +254,11 @@ pub(super) async fn admit(
         )
         .await?
         .get(0);
-    tx.execute("SELECT s2t.attach_upload($1, $2)", &[&id, &staged])
-        .await?;
+    tx.execute(
+        "SELECT s2t.attach_audio($1, $2, $3)",
+        &[&id, &staged, &upload.content_type],
+    )
+    .await?;
     tx.commit().await?;
     state.metrics.upload(upload.size);
     Ok(id)

@@ -1,6 +1,6 @@
 -- Gateway support, added in 0.2.0: login lookup, refresh-token rotation with
--- reuse detection, API keys, audio uploads by the application role, and
--- avatars.
+-- reuse detection, API keys and avatars. (0.2.0's staged uploads gave way
+-- to chunked audio in 0.4.0: see audio.sql.)
 --
 -- The upgrade script pg_s2t--0.1.0--0.2.0.sql is a frozen copy of this
 -- file as 0.2.0 shipped it; later changes go in later upgrade scripts.
@@ -18,65 +18,6 @@ ALTER TABLE avatars ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_avatar ON avatars TO s2t_app
     USING (user_id = current_user_id()) WITH CHECK (user_id = current_user_id());
 GRANT SELECT, INSERT, UPDATE, DELETE ON avatars TO s2t_app;
-
--- Uploads. PostgreSQL refuses COPY FROM into a table with row-level
--- security, so the gateway streams the bytes with COPY into this staging
--- table (insert-only for the application: it cannot read anyone's staged
--- bytes), then attach_upload moves them to recording_audio, in the same
--- transaction that admitted the recording. Unlogged: a staged row never
--- outlives its transaction.
-CREATE UNLOGGED TABLE audio_uploads (
-    id           uuid PRIMARY KEY,
-    user_id      uuid NOT NULL,
-    content_type text NOT NULL DEFAULT 'application/octet-stream',
-    data         bytea NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now()
-);
-ALTER TABLE audio_uploads ALTER COLUMN data SET STORAGE EXTERNAL;
-COMMENT ON TABLE audio_uploads IS 'Staging for streamed uploads (COPY cannot write into a table with row-level security); emptied by attach_upload in the same transaction.';
-
-CREATE FUNCTION trg_stamp_upload_owner() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    NEW.user_id := s2t.current_user_id();
-    IF NEW.user_id IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 's2t.user_id is not set',
-            HINT = 'Set s2t.user_id in the transaction before staging an upload.';
-    END IF;
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION trg_stamp_upload_owner() IS 'Trigger: a staged upload belongs to the transaction''s user, whatever the client sent.';
-CREATE TRIGGER stamp_upload_owner BEFORE INSERT ON audio_uploads
-    FOR EACH ROW EXECUTE FUNCTION trg_stamp_upload_owner();
-GRANT INSERT ON audio_uploads TO s2t_app;
-
-CREATE FUNCTION attach_upload(in_recording_id uuid, in_upload_id uuid) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_owner uuid;
-    v_size bigint;
-BEGIN
-    SELECT user_id INTO v_owner FROM recordings WHERE id = in_recording_id AND audio_uri = 'db:';
-    IF v_owner IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('recording %s not found', in_recording_id);
-    END IF;
-    PERFORM _assert_may_act_for(v_owner);
-    WITH staged AS (
-        DELETE FROM audio_uploads WHERE id = in_upload_id AND user_id = v_owner
-        RETURNING content_type, data)
-    INSERT INTO recording_audio (recording_id, content_type, data)
-    SELECT in_recording_id, content_type, data FROM staged
-    RETURNING size_bytes INTO v_size;
-    IF v_size IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('staged upload %s not found', in_upload_id);
-    END IF;
-    RETURN v_size;
-END
-$$;
-COMMENT ON FUNCTION attach_upload(uuid, uuid) IS 'Moves a staged upload (audio_uploads) into recording_audio for one''s own "db:" recording; returns its size in bytes. Errors: S2N01.';
 
 CREATE FUNCTION auth_lookup(in_login text)
 RETURNS TABLE (user_id uuid, password_hash text, status text)
@@ -239,11 +180,10 @@ COMMENT ON FUNCTION api_key_user(bytea) IS 'The active user an API key (by SHA-2
 
 REVOKE EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
     rotate_refresh_token(bytea, bytea, interval, interval), revoke_refresh_token(bytea),
-    attach_upload(uuid, uuid), trg_stamp_upload_owner(), purge_refresh_tokens(interval),
-    api_key_user(bytea) FROM PUBLIC;
+    purge_refresh_tokens(interval), api_key_user(bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION auth_lookup(text), issue_refresh_token(uuid, bytea, interval, uuid),
     rotate_refresh_token(bytea, bytea, interval, interval), revoke_refresh_token(bytea),
-    attach_upload(uuid, uuid), api_key_user(bytea) TO s2t_app;
+    api_key_user(bytea) TO s2t_app;
 
 GRANT EXECUTE ON FUNCTION purge_refresh_tokens(interval) TO s2t_worker;
 

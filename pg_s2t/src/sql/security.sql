@@ -11,6 +11,7 @@ ALTER TABLE user_profiles ENABLE ROW LEVEL SECURITY;
 ALTER TABLE user_subscriptions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE recordings ENABLE ROW LEVEL SECURITY;
 ALTER TABLE recording_audio ENABLE ROW LEVEL SECURITY;
+-- recording_audio_chunks has none: COPY refuses such tables (see audio.sql).
 ALTER TABLE segments ENABLE ROW LEVEL SECURITY;
 ALTER TABLE transcript_chunks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE refresh_tokens ENABLE ROW LEVEL SECURITY;
@@ -25,7 +26,7 @@ CREATE POLICY own_subscription ON user_subscriptions TO s2t_app
 CREATE POLICY own_recordings ON recordings TO s2t_app
     USING (user_id = current_user_id()) WITH CHECK (user_id = current_user_id());
 CREATE POLICY own_audio ON recording_audio TO s2t_app
-    USING (EXISTS (SELECT FROM recordings r WHERE r.id = recording_id AND r.user_id = current_user_id()));
+    USING (user_id = current_user_id());
 CREATE POLICY own_segments ON segments TO s2t_app
     USING (EXISTS (SELECT FROM recordings r WHERE r.id = recording_id AND r.user_id = current_user_id()));
 CREATE POLICY own_chunks ON transcript_chunks TO s2t_app
@@ -50,7 +51,7 @@ GRANT SELECT ON user_subscriptions, segments, transcript_chunks, recording_audio
 GRANT SELECT, DELETE ON recordings TO s2t_app;
 GRANT SELECT (id, user_id, family_id, created_at, expires_at, revoked_at, replaced_by) ON refresh_tokens TO s2t_app;
 
-GRANT SELECT ON recordings, recording_audio, segments, jobs TO s2t_worker;
+GRANT SELECT ON recordings, recording_audio, recording_audio_chunks, segments, jobs TO s2t_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON transcript_chunks TO s2t_worker;
 
 -- Functions: nothing by default, then what each role needs. Only our own:

@@ -100,7 +100,7 @@ CREATE TABLE recordings (
 );
 COMMENT ON TABLE recordings IS 'A transcription of one upload or one realtime session. status: processing -> done | failed.';
 COMMENT ON COLUMN recordings.failure_reason IS 'Why the recording failed, in words a user can read; set when status = failed.';
-COMMENT ON COLUMN recordings.audio_uri IS 'Where the audio lives: "db:" means the bytes are in s2t.recording_audio (so a worker needs only a database connection); file:// and other schemes name external storage.';
+COMMENT ON COLUMN recordings.audio_uri IS 'Where the audio lives: "db:" means the bytes are in s2t.recording_audio_chunks (so a worker needs only a database connection); file:// and other schemes name external storage.';
 COMMENT ON COLUMN recordings.expected_ms IS 'Length of the audio as its container header declares it, read at admission; NULL when unknown. The reservation and the cap on what a worker transcribes follow from it.';
 COMMENT ON COLUMN recordings.reserved_seconds IS 'Seconds of the monthly minutes this recording holds while it is processing (its expected length, or what claim_job granted); released when it is done, failed or deleted.';
 COMMENT ON COLUMN recordings.billed_seconds IS 'Seconds charged to the subscription by complete_recording (duration rounded up); 0 until done.';
@@ -111,16 +111,41 @@ COMMENT ON COLUMN recordings.meta IS 'Free-form client metadata; the worker keep
 CREATE INDEX recordings_user_created_idx ON recordings (user_id, created_at DESC, id DESC);
 CREATE INDEX recordings_created_idx ON recordings (created_at) WHERE status IN ('done', 'failed');
 
+-- Audio is stored in ordered chunks rather than one bytea: an upload streams
+-- in with COPY and is never rewritten (attaching it only records where it
+-- is), a realtime session appends as audio arrives, a worker reads it as a
+-- stream, and a range download reads only the chunks it needs.
 CREATE TABLE recording_audio (
     recording_id uuid PRIMARY KEY REFERENCES recordings (id) ON DELETE CASCADE,
+    audio_id     uuid NOT NULL UNIQUE,
+    user_id      uuid NOT NULL,
     content_type text NOT NULL DEFAULT 'application/octet-stream',
-    data         bytea NOT NULL,
-    size_bytes   bigint GENERATED ALWAYS AS (octet_length(data)) STORED,
-    created_at   timestamptz NOT NULL DEFAULT now()
+    size_bytes   bigint NOT NULL DEFAULT 0 CHECK (size_bytes >= 0),
+    chunk_count  int NOT NULL DEFAULT 0 CHECK (chunk_count >= 0),
+    sealed       boolean NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT recording_audio_owner_key UNIQUE (audio_id, user_id)
 );
--- Audio is already compressed; skip TOAST's pglz attempt.
-ALTER TABLE recording_audio ALTER COLUMN data SET STORAGE EXTERNAL;
-COMMENT ON TABLE recording_audio IS 'Uploaded audio bytes for recordings whose audio_uri is "db:".';
+COMMENT ON TABLE recording_audio IS 'The audio of a recording whose audio_uri is "db:": where its chunks are (audio_id), its type and length. Sealed audio takes no more chunks; a realtime session''s audio is open until the session ends.';
+
+CREATE TABLE recording_audio_chunks (
+    audio_id    uuid NOT NULL,
+    byte_offset bigint NOT NULL CHECK (byte_offset >= 0),
+    user_id     uuid NOT NULL,
+    data        bytea NOT NULL CHECK (octet_length(data) BETWEEN 1 AND 8388608),
+    PRIMARY KEY (audio_id, byte_offset),
+    -- Checked at commit, so an upload's chunks can be copied in before the
+    -- recording they belong to is admitted, and none outlives a rollback or
+    -- a transaction that never attached them. The user is part of the key:
+    -- nobody can add chunks to another user's audio.
+    CONSTRAINT chunk_of_own_audio FOREIGN KEY (audio_id, user_id)
+        REFERENCES recording_audio (audio_id, user_id) ON DELETE CASCADE
+        DEFERRABLE INITIALLY DEFERRED
+);
+-- Audio is already compressed; skip TOAST's pglz attempt, and let substring
+-- fetch only the TOAST pages a range needs.
+ALTER TABLE recording_audio_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+COMMENT ON TABLE recording_audio_chunks IS 'The bytes of stored audio in pieces of at most 8 MiB (the gateway writes 1 MiB), keyed by their byte offset. No row-level security, because COPY refuses tables that have it: the application may only insert (its own user is stamped on each chunk), and reads go through read_audio.';
 
 CREATE TABLE segments (
     id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
