@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`audio`]: decoding any common format to 16 kHz mono.
 //! - [`asr`]: VAD, Whisper and the hallucination guards.
+//! - [`blocks`]: long audio transcribed as a stream, block by block.
 //! - [`jobs`]: the queue calls into the extension.
 //! - [`runner`]: the job loop (LISTEN, claims, completion, shutdown).
 //! - [`lease`]: the per-job heartbeat task that renews or gives up a lease.
@@ -17,6 +18,7 @@
 pub mod asr;
 pub mod audio;
 pub mod audio_path;
+pub mod blocks;
 pub mod faults;
 pub mod isolate;
 pub mod jobs;
