@@ -18,6 +18,17 @@ cleanup() {
 trap cleanup EXIT
 
 bench_cluster "$WORK" "$PORT"
+# pg_stat_statements for the evidence phase; off (track = none) unless a run
+# turns it on for its own sessions.
+psql_admin "$WORK" "$PORT" postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" \
+    -c "ALTER SYSTEM SET pg_stat_statements.track = 'none'"
+cluster_stop "$WORK"
+cluster_start "$WORK" "$PORT"
+# The wake-up measurement LISTENs, which psql cannot do while idle.
+if ! "$VENV/bin/python" -c "import psycopg" 2>/dev/null; then
+    say "installing psycopg into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "psycopg[binary]==3.3.9"
+fi
 
 say "quota admission: pg_s2t vs the specification's plpgsql"
 "$VENV/bin/python" "$ROOT/bench/quota.py" --host "$WORK/data" --port "$PORT" --pg-bin "$PG_BIN" \

@@ -8,6 +8,190 @@
 -- install.
 
 -- == queue (fair claims, fewer notifications) ==
+-- Jobs carry their user (a copy of the recording's) and a turn in the fair
+-- order. Jobs already waiting keep their order within each user and take
+-- turns across users from here on.
+ALTER TABLE jobs ADD COLUMN user_id uuid;
+ALTER TABLE jobs ADD COLUMN turn bigint NOT NULL DEFAULT 0;
+UPDATE jobs j SET user_id = r.user_id FROM recordings r WHERE r.id = j.recording_id;
+UPDATE jobs j SET turn = w.turn
+  FROM (SELECT id, row_number() OVER (PARTITION BY user_id ORDER BY visible_at, id) - 1 AS turn
+          FROM jobs WHERE state = 'queued') w
+ WHERE j.id = w.id;
+ALTER TABLE jobs ALTER COLUMN user_id SET NOT NULL;
+COMMENT ON TABLE jobs IS 'Batch transcription queue. A queued or running job is claimable once visible_at has passed: for a running job visible_at is the end of its lease. Waiting jobs are claimed in order of turn, which takes users in rounds.';
+COMMENT ON COLUMN jobs.turn IS 'Place in the fair order, set at enqueue: the turn of the job next in line for a user''s first waiting job, one more than the user''s last waiting job after that.';
+DROP INDEX jobs_claimable_idx;
+CREATE INDEX jobs_queued_turn_idx ON jobs (turn, id) WHERE state = 'queued';
+CREATE INDEX jobs_user_queued_idx ON jobs (user_id, turn) WHERE state = 'queued';
+CREATE INDEX jobs_running_idx ON jobs (visible_at, id) WHERE state = 'running';
+
+CREATE FUNCTION _wake_key() RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 1932410947 $$;
+COMMENT ON FUNCTION _wake_key() IS 'Internal: the first key of the advisory locks on job ids that uploads and claims use to hand the wake-up of an idle worker on (see trg_enqueue_upload).';
+REVOKE EXECUTE ON FUNCTION _wake_key() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _wake_key() TO s2t_definer;
+
+CREATE OR REPLACE FUNCTION trg_enqueue_upload() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp SET enable_seqscan = off
+AS $$
+DECLARE
+    v_head_id bigint;
+    v_head bigint;
+    v_last bigint;
+    v_quiet boolean := false;
+BEGIN
+    SELECT j.id, j.turn INTO v_head_id, v_head FROM jobs j
+     WHERE j.state = 'queued' AND j.visible_at <= now()
+     ORDER BY j.turn, j.id
+     LIMIT 1;
+    SELECT j.turn INTO v_last FROM jobs j
+     WHERE j.user_id = NEW.user_id AND j.state = 'queued'
+     ORDER BY j.turn DESC
+     LIMIT 1;
+    -- With nothing due, start after the jobs waiting for a retry, so they
+    -- keep their place when they come due.
+    INSERT INTO jobs (recording_id, user_id, turn)
+    VALUES (NEW.id, NEW.user_id,
+            greatest(coalesce(v_head, (SELECT max(j.turn) FROM jobs j WHERE j.state = 'queued'), 0), v_last + 1));
+    IF v_head_id IS NOT NULL AND current_setting('transaction_isolation') = 'read committed'
+       AND pg_try_advisory_xact_lock_shared(_wake_key(), (v_head_id % 2147483648)::int) THEN
+        v_quiet := EXISTS (SELECT FROM jobs j WHERE j.id = v_head_id AND j.state = 'queued' AND j.visible_at <= now());
+    END IF;
+    IF NOT v_quiet THEN
+        PERFORM pg_notify('s2t_jobs', NEW.id::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION trg_enqueue_upload() IS 'Trigger: queues a transcription job for each new upload recording in its user''s fair turn, and NOTIFYs s2t_jobs unless a job is due that no claim has started on.';
+
+CREATE OR REPLACE FUNCTION claim_job(in_worker text, in_lease interval DEFAULT interval '5 minutes')
+RETURNS TABLE (
+    job_id bigint, recording_id uuid, attempt int, lease_token uuid, lease_until timestamptz,
+    user_id uuid, language text, audio_uri text, meta jsonb, max_ms int
+)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp SET enable_seqscan = off
+AS $$
+DECLARE
+    v_job jobs%ROWTYPE;
+    v_rec recordings%ROWTYPE;
+    v_left bigint;
+    v_cap bigint;
+    v_next uuid;
+BEGIN
+    IF in_worker IS NULL OR btrim(in_worker) = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'worker name must not be empty', DETAIL = 'field: in_worker';
+    END IF;
+    IF in_lease IS NULL OR in_lease < interval '1 second' OR in_lease > interval '1 day' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = format('lease must be between 1 second and 1 day, got %s', in_lease),
+            DETAIL = 'field: in_lease', HINT = 'Use a lease a few times the heartbeat interval.';
+    END IF;
+    PERFORM _fail_exhausted_jobs();
+    -- A job whose user has no minutes left is failed here and the next one
+    -- tried, so a worker never starts work it may not do. Bounded, so one
+    -- call stays short however many such jobs are queued.
+    FOR i IN 1..20 LOOP
+        -- The job and its recording are locked together and skipped when
+        -- either is busy (a late completion holds the recording), so claims
+        -- never wait on, or deadlock with, completions. A job whose worker
+        -- stopped (its lease ran out) goes first: it already had its turn.
+        -- Then the waiting job with the lowest turn (see trg_enqueue_upload),
+        -- which takes the users with jobs waiting in rounds.
+        SELECT q.* INTO v_job FROM jobs q JOIN recordings r ON r.id = q.recording_id
+         WHERE q.state = 'running' AND q.visible_at <= now()
+           AND q.attempts < q.max_attempts
+         ORDER BY q.visible_at, q.id
+         LIMIT 1
+         FOR UPDATE OF q, r SKIP LOCKED;
+        IF NOT FOUND THEN
+            SELECT q.* INTO v_job FROM jobs q JOIN recordings r ON r.id = q.recording_id
+             WHERE q.state = 'queued' AND q.visible_at <= now()
+               AND q.attempts < q.max_attempts
+             ORDER BY q.turn, q.id
+             LIMIT 1
+             FOR UPDATE OF q, r SKIP LOCKED;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+        END IF;
+        -- Uploads that saw this job at the head of the line and so did not
+        -- notify hold this key until they commit: wait for them, so the
+        -- look for more work below (or the next round) sees their jobs.
+        PERFORM pg_advisory_xact_lock(_wake_key(), (v_job.id % 2147483648)::int);
+        SELECT * INTO v_rec FROM recordings r WHERE r.id = v_job.recording_id;
+
+        -- What this job may transcribe: the minutes left, counting what the
+        -- user's other recordings in flight hold but not this one's own
+        -- reservation. A file of known length gets exactly the whole seconds
+        -- it reserved (rounding up covers a decoder's frame of difference),
+        -- so a header that lies cannot buy extra minutes, and the claim
+        -- takes nothing from the user's other admissions.
+        PERFORM _roll_cycle(v_rec.user_id);
+        SELECT p.monthly_minutes::bigint * 60 - s.used_seconds - (s.reserved_seconds - v_rec.reserved_seconds)
+          INTO v_left
+          FROM user_subscriptions s JOIN plans p ON p.id = s.plan_id
+         WHERE s.user_id = v_rec.user_id
+           FOR UPDATE OF s;
+        v_left := coalesce(v_left, 0);
+        v_cap := CASE WHEN v_rec.expected_ms IS NULL THEN v_left
+                      ELSE least(v_left, (v_rec.expected_ms::bigint + 999) / 1000) END;
+        IF v_cap <= 0 THEN
+            IF v_left + (SELECT s.reserved_seconds - v_rec.reserved_seconds FROM user_subscriptions s
+                          WHERE s.user_id = v_rec.user_id) > 0 THEN
+                -- The minutes left are held by the user's other recordings
+                -- in flight, which may give some back when they settle:
+                -- wait for that (settle_job_length and completions NOTIFY).
+                UPDATE jobs j SET visible_at = now() + interval '5 seconds', updated_at = now(),
+                       last_error = 'waiting: the minutes left are reserved by this user''s other recordings in progress'
+                 WHERE j.id = v_job.id;
+            ELSE
+                PERFORM fail_recording(v_rec.id, 'the monthly minutes were used up before transcription started; '
+                    || 'nothing was transcribed or charged');
+            END IF;
+            CONTINUE;
+        END IF;
+        UPDATE user_subscriptions s SET reserved_seconds = s.reserved_seconds - v_rec.reserved_seconds + v_cap
+         WHERE s.user_id = v_rec.user_id;
+        UPDATE recordings r SET reserved_seconds = v_cap WHERE r.id = v_rec.id;
+
+        UPDATE jobs j
+           SET state = 'running', attempts = j.attempts + 1, visible_at = now() + in_lease,
+               lease_token = gen_random_uuid(), locked_by = left(in_worker, 200), updated_at = now()
+         WHERE j.id = v_job.id
+        RETURNING j.* INTO v_job;
+        -- Uploads do not notify while a job is due (trg_enqueue_upload), so
+        -- pass the wake-up on: a worker that found nothing while this claim
+        -- held the last due job may be idle now.
+        SELECT j.recording_id INTO v_next FROM jobs j
+         WHERE j.state = 'queued' AND j.visible_at <= now()
+         ORDER BY j.turn, j.id
+         LIMIT 1;
+        IF FOUND THEN
+            PERFORM pg_notify('s2t_jobs', v_next::text);
+        END IF;
+        RETURN QUERY
+        SELECT v_job.id, v_job.recording_id, v_job.attempts, v_job.lease_token, v_job.visible_at,
+               v_rec.user_id, v_rec.language, v_rec.audio_uri, v_rec.meta, least(v_cap * 1000, 2147483647)::int;
+        RETURN;
+    END LOOP;
+    -- Twenty jobs deferred or failed and none claimed: if more are due, say
+    -- so, or idle workers (this one too) would wait for their next poll.
+    SELECT j.recording_id INTO v_next FROM jobs j
+     WHERE j.state = 'queued' AND j.visible_at <= now()
+     ORDER BY j.turn, j.id
+     LIMIT 1;
+    IF FOUND THEN
+        PERFORM pg_notify('s2t_jobs', v_next::text);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION claim_job(text, interval) IS 'Claims a due job (FOR UPDATE SKIP LOCKED) with a lease, fairly across users: a job whose lease expired first, then the waiting job with the lowest turn, so users with jobs waiting take turns; returns no row when none is due. max_ms is the most audio the worker may transcribe (the minutes the user has left, reserved for this job); jobs of users with nothing left are failed instead of claimed. A job whose lease expires can be claimed again; after max_attempts it fails.';
+
+-- CREATE OR REPLACE keeps owner and grants; stated anyway, as security.sql does.
+ALTER FUNCTION trg_enqueue_upload() OWNER TO s2t_definer;
+ALTER FUNCTION claim_job(text, interval) OWNER TO s2t_definer;
 -- == end queue ==
 
 -- == audio chunks ==

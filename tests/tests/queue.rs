@@ -469,3 +469,233 @@ async fn status_and_progress_changes_are_notified() {
     assert_eq!(events[1]["progress"], 1);
     assert_eq!(events[1]["user_id"], user.to_string());
 }
+
+/// Whose recordings these claims took, in order.
+async fn claimed_users(db: &TestDb, claims: &[Uuid]) -> Vec<Uuid> {
+    let mut users = Vec::new();
+    for rec in claims {
+        users.push(
+            db.admin
+                .query_one("SELECT user_id FROM s2t.recordings WHERE id = $1", &[rec])
+                .await
+                .unwrap()
+                .get(0),
+        );
+    }
+    users
+}
+
+/// One account queues 50 files, then another queues one: the second
+/// account's file is among the next two claims, not the 51st; each
+/// account's own files still go in the order they came.
+#[tokio::test]
+async fn one_users_backlog_does_not_hold_up_another_user() {
+    let db = TestDb::new().await;
+    let heavy = register(&db.admin, "heavy").await;
+    let light = register(&db.admin, "light").await;
+    set_limits(&db.admin, heavy, 1000, 6000).await;
+    let mut backlog = Vec::new();
+    for _ in 0..50 {
+        backlog.push(new_recording(&db.admin, heavy, "upload").await);
+    }
+    let single = new_recording(&db.admin, light, "upload").await;
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let first_two = [
+        claim(&worker, "w", "5 minutes").await.unwrap().recording_id,
+        claim(&worker, "w", "5 minutes").await.unwrap().recording_id,
+    ];
+    assert!(
+        first_two.contains(&single),
+        "the single upload waits behind the backlog: {first_two:?}"
+    );
+    let mut heavy_order: Vec<Uuid> = first_two.into_iter().filter(|r| *r != single).collect();
+    while let Some(c) = claim(&worker, "w", "5 minutes").await {
+        heavy_order.push(c.recording_id);
+    }
+    assert_eq!(heavy_order, backlog);
+}
+
+/// Three accounts that queued ten files each, one after the other, are
+/// served in rounds.
+#[tokio::test]
+async fn users_with_waiting_jobs_take_turns() {
+    let db = TestDb::new().await;
+    let mut users = Vec::new();
+    for name in ["ada", "ben", "cal"] {
+        let user = register(&db.admin, name).await;
+        for _ in 0..10 {
+            new_recording(&db.admin, user, "upload").await;
+        }
+        users.push(user);
+    }
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let mut claims = Vec::new();
+    for _ in 0..9 {
+        claims.push(claim(&worker, "w", "5 minutes").await.unwrap().recording_id);
+    }
+    let served = claimed_users(&db, &claims).await;
+    let rounds: Vec<Uuid> = (0..9).map(|i| users[i % 3]).collect();
+    assert_eq!(served, rounds);
+}
+
+/// 8 claimers race over 10 users' 10 jobs each (the fair order reads other
+/// indexes than the single-user case): every job is claimed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_over_many_users_claim_each_job_once() {
+    let db = TestDb::new().await;
+    let mut expected = HashSet::new();
+    for u in 0..10 {
+        let user = register(&db.admin, &format!("many{u}")).await;
+        for _ in 0..10 {
+            expected.insert(new_recording(&db.admin, user, "upload").await);
+        }
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let client = db.connect_as(WORKER_LOGIN).await;
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(c) = claim(&client, &format!("worker-{w}"), "10 minutes").await {
+                mine.push(c.recording_id);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    let mut busy_workers = 0;
+    for task in tasks {
+        let mine = task.await.unwrap();
+        busy_workers += usize::from(!mine.is_empty());
+        all.extend(mine);
+    }
+    assert_eq!(all.len(), 100, "no job claimed twice, none missed");
+    assert_eq!(all.into_iter().collect::<HashSet<Uuid>>(), expected);
+    assert!(busy_workers >= 2, "the claimers really ran concurrently");
+}
+
+/// The next notification within `wait`, if any.
+async fn next_notice(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    wait: Duration,
+) -> Option<String> {
+    tokio::time::timeout(wait, rx.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, payload)| payload)
+}
+
+/// Uploads notify only when a worker may be idle; a claim that leaves due
+/// jobs behind passes the wake-up on, so an idle worker still hears of them.
+#[tokio::test]
+async fn uploads_notify_only_when_a_worker_may_be_idle() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "nia").await;
+    let (_listener, mut rx) = listen(&db, "s2t_jobs").await;
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let quiet = Duration::from_millis(400);
+    let soon = Duration::from_secs(5);
+
+    let first = new_recording(&db.admin, user, "upload").await;
+    assert_eq!(next_notice(&mut rx, soon).await, Some(first.to_string()));
+    // The first is due and unclaimed, so no worker is idle.
+    let second = new_recording(&db.admin, user, "upload").await;
+    assert_eq!(next_notice(&mut rx, quiet).await, None);
+    // Claiming the first leaves the second due: another worker may be idle.
+    assert_eq!(
+        claim(&worker, "w1", "1 minute").await.unwrap().recording_id,
+        first
+    );
+    assert_eq!(next_notice(&mut rx, soon).await, Some(second.to_string()));
+    assert_eq!(
+        claim(&worker, "w2", "1 minute").await.unwrap().recording_id,
+        second
+    );
+    assert_eq!(
+        next_notice(&mut rx, quiet).await,
+        None,
+        "nothing left to say"
+    );
+    // Nothing due again: the next upload notifies.
+    let third = new_recording(&db.admin, user, "upload").await;
+    assert_eq!(next_notice(&mut rx, soon).await, Some(third.to_string()));
+}
+
+/// The race that quiet uploads invite, made to happen: a worker finds
+/// nothing because another claim holds the only due job, and an upload
+/// arrives then. The upload sees the claim in progress and notifies.
+#[tokio::test]
+async fn an_upload_while_the_head_job_is_being_claimed_notifies() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "ola").await;
+    // Another account: the claim locks the first one's subscription.
+    let other = register(&db.admin, "oli").await;
+    let head = new_recording(&db.admin, user, "upload").await;
+    let (_listener, mut rx) = listen(&db, "s2t_jobs").await;
+    let slow = db.connect_as(WORKER_LOGIN).await;
+    slow.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        claim(&slow, "slow", "1 minute").await.unwrap().recording_id,
+        head
+    );
+    let idle = db.connect_as(WORKER_LOGIN).await;
+    assert!(
+        claim(&idle, "idle", "1 minute").await.is_none(),
+        "the head is locked"
+    );
+    let upload = new_recording(&db.admin, other, "upload").await;
+    slow.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        next_notice(&mut rx, Duration::from_secs(5)).await,
+        Some(upload.to_string()),
+        "the idle worker is told"
+    );
+    assert_eq!(
+        claim(&idle, "idle", "1 minute").await.unwrap().recording_id,
+        upload
+    );
+}
+
+/// The other order: an upload saw the head job waiting and stayed quiet,
+/// but has not committed when a worker claims that job. The claim waits for
+/// the upload to commit, sees its job and passes the wake-up on.
+#[tokio::test]
+async fn a_claim_of_the_head_job_waits_for_quiet_uploads_and_passes_the_wake_up_on() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "pia").await;
+    // Another account, so the claim does not wait on the upload's
+    // subscription lock for a reason of its own.
+    let other = register(&db.admin, "pim").await;
+    let head = new_recording(&db.admin, user, "upload").await;
+    let (_listener, mut rx) = listen(&db, "s2t_jobs").await;
+    let uploader = db.connect_admin().await;
+    uploader.batch_execute("BEGIN").await.unwrap();
+    let upload = new_recording(&uploader, other, "upload").await;
+    assert_eq!(next_notice(&mut rx, Duration::from_millis(300)).await, None);
+    let worker = db.connect_as(WORKER_LOGIN).await;
+    let claiming = tokio::spawn(async move {
+        let c = claim(&worker, "w", "1 minute")
+            .await
+            .map(|c| c.recording_id);
+        (worker, c)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !claiming.is_finished(),
+        "the claim waits for the upload's commit"
+    );
+    uploader.batch_execute("COMMIT").await.unwrap();
+    let (worker, claimed) = tokio::time::timeout(Duration::from_secs(10), claiming)
+        .await
+        .expect("the claim finishes once the upload commits")
+        .unwrap();
+    assert_eq!(claimed, Some(head));
+    assert_eq!(
+        next_notice(&mut rx, Duration::from_secs(5)).await,
+        Some(upload.to_string())
+    );
+    assert_eq!(
+        claim(&worker, "w", "1 minute").await.unwrap().recording_id,
+        upload
+    );
+}

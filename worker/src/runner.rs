@@ -317,6 +317,12 @@ async fn slot_loop(
             }
         }
         let c = db.client.as_ref().expect("connected above");
+        // Waiting for a wake-up starts before the claim: notify_waiters
+        // keeps no permit, so a notification that lands while the claim is
+        // in flight would otherwise be lost and cost a whole poll interval.
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         // The lease runs from the server's now, which is after this.
         let claimed_at = Instant::now();
         match jobs::claim(c, &name, s.lease_secs).await {
@@ -330,9 +336,17 @@ async fn slot_loop(
             }
             Ok(None) if s.once => return Ok(()),
             Ok(None) => {
+                // The database notifies only when a worker may be idle: an
+                // upload that found no due job it could count on another
+                // claim to take, a claim that left due jobs behind, minutes
+                // given back, a released job (see trg_enqueue_upload). So an
+                // idle slot is woken by a notification; the poll covers what
+                // none announces: retries and deferred jobs coming due,
+                // leases running out, and a job an upload counted on that
+                // was deleted, or whose claim rolled back.
                 let wait = Duration::from_secs(s.poll_secs.max(1));
                 tokio::select! {
-                    _ = shared.wake.notified() => {}
+                    _ = &mut woken => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => {}
                 }

@@ -208,10 +208,21 @@ CREATE TABLE jobs (
     locked_by    text,
     last_error   text,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    updated_at   timestamptz NOT NULL DEFAULT now()
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    -- A copy of the recording's user (which never changes), so the fair
+    -- order needs no join; no foreign key, which would cost every upload a
+    -- lookup and a row lock on users (the recording already cascades).
+    user_id      uuid NOT NULL,
+    turn         bigint NOT NULL DEFAULT 0
 );
-COMMENT ON TABLE jobs IS 'Batch transcription queue. A queued or running job is claimable once visible_at has passed: for a running job visible_at is the end of its lease.';
-CREATE INDEX jobs_claimable_idx ON jobs (visible_at, id) WHERE state IN ('queued', 'running');
+COMMENT ON TABLE jobs IS 'Batch transcription queue. A queued or running job is claimable once visible_at has passed: for a running job visible_at is the end of its lease. Waiting jobs are claimed in order of turn, which takes users in rounds.';
+COMMENT ON COLUMN jobs.turn IS 'Place in the fair order, set at enqueue: the turn of the job next in line for a user''s first waiting job, one more than the user''s last waiting job after that.';
+-- The claim order, and the head of the line that uploads read.
+CREATE INDEX jobs_queued_turn_idx ON jobs (turn, id) WHERE state = 'queued';
+-- A user's last waiting job, read by every upload.
+CREATE INDEX jobs_user_queued_idx ON jobs (user_id, turn) WHERE state = 'queued';
+-- Expired leases. Uploads never write to it: a new job is queued.
+CREATE INDEX jobs_running_idx ON jobs (visible_at, id) WHERE state = 'running';
 
 CREATE TABLE refresh_tokens (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
