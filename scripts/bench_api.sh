@@ -60,5 +60,29 @@ psql_admin "$WORK" "$PORT" bench -c "
     SELECT count(s2t.check_quota_and_create_recording(u.id, 'realtime', 'en'))
       FROM s2t.users u, generate_series(1, 200);" >/dev/null
 psql_admin "$WORK" "$PORT" bench -c "VACUUM ANALYZE" >/dev/null
+# Memory and CPU of each service over the run (bench/proc_sample.py).
+"$VENV/bin/python" "$ROOT/bench/proc_sample.py" --pid "$(cat "$STATE/bench-gateway.pid")" \
+    --name gateway --out "$WORK/gateway.json" &
+GW_SAMPLER=$!
+"$VENV/bin/python" "$ROOT/bench/proc_sample.py" --pid "$(cat "$STATE/bench-worker.pid")" \
+    --name worker --out "$WORK/worker.json" &
+WK_SAMPLER=$!
 touch "$WORK/go"
 wait "$LOAD"
+kill -TERM "$GW_SAMPLER" "$WK_SAMPLER"
+wait "$GW_SAMPLER" "$WK_SAMPLER" || true
+"$VENV/bin/python" - "$ROOT/bench/results/api.json" "$WORK/gateway.json" "$WORK/worker.json" <<'PY'
+import json, sys
+out, gw, wk = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+report = json.load(open(out))
+requests = sum(v.get("requests", 0) for v in report.values() if isinstance(v, dict))
+gw["requests"] = requests
+gw["cpu_ms_per_request"] = round(gw["cpu_seconds"] * 1000 / max(requests, 1), 3)
+gw["peak_mib_per_connection_at_64"] = round((gw["rss_peak_mib"] - gw["rss_start_mib"]) / 64, 3)
+report["resources"] = {"gateway": gw, "worker": wk}
+json.dump(report, open(out, "w"), indent=2)
+print(f"gateway: RSS {gw['rss_start_mib']} MiB idle, {gw['rss_peak_mib']} MiB peak at 64 clients "
+      f"({gw['peak_mib_per_connection_at_64']} MiB per connection); {gw['cpu_ms_per_request']} ms CPU per request")
+print(f"worker: RSS {wk['rss_start_mib']} MiB idle, {wk['tree_rss_peak_mib']} MiB peak with its transcription "
+      f"child; {wk['cpu_seconds']} CPU s over the run")
+PY
