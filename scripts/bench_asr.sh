@@ -16,3 +16,9 @@ say "ASR: pg_s2t worker vs faster-whisper ($THREADS threads, beam 5)"
 "$VENV/bin/python" "$ROOT/bench/asr.py" --worker "$CARGO_TARGET_DIR/release/s2t-worker" \
     --models "$MODELS" --threads "$THREADS" --beam-size 5 \
     --out "$ROOT/bench/results/asr.json" "$@"
+# The long-recording memory benchmark (a 2-hour file through the real
+# transcription child) takes 20-40 minutes: opt in, or run
+# scripts/bench_memory.sh on its own.
+if [ "${S2T_BENCH_MEMORY:-0}" = 1 ]; then
+    "$ROOT/scripts/bench_memory.sh"
+fi

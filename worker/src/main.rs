@@ -18,7 +18,7 @@ enum Command {
     /// per file, then a summary line (used by make bench-asr).
     Transcribe(TranscribeArgs),
     /// One job's transcription, run by `s2t-worker run` as a child process
-    /// per job: audio on stdin, JSON lines on stdout (internal).
+    /// per job: the audio file in, JSON lines on stdout (internal).
     #[command(hide = true)]
     TranscribeJob(TranscribeJobArgs),
     /// Convert a CTranslate2 (faster-whisper) Whisper model directory to a
@@ -95,6 +95,10 @@ struct RunArgs {
     /// symlinks); without it, `file://` recordings are refused.
     #[arg(long, env = "S2T_AUDIO_ROOT")]
     audio_root: Option<PathBuf>,
+    /// Where stored audio is copied for each job's transcription process
+    /// (removed when the job ends); default: the system temp directory.
+    #[arg(long, env = "S2T_WORKER_SPOOL")]
+    spool_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -119,6 +123,12 @@ struct TranscribeJobArgs {
     max_ms: Option<i32>,
     #[arg(long)]
     extension: Option<String>,
+    #[arg(long)]
+    audio: PathBuf,
+    /// The longest block transcribed at once, in seconds (inherited from
+    /// the worker's environment).
+    #[arg(long, env = "S2T_TRANSCRIBE_BLOCK_SECS", default_value_t = 600)]
+    block_secs: u32,
 }
 
 #[derive(clap::Args)]
@@ -145,6 +155,9 @@ struct TranscribeArgs {
     /// Longest audio accepted, in seconds.
     #[arg(long, default_value_t = 4 * 3600)]
     max_audio_secs: u64,
+    /// The longest block transcribed at once, in seconds.
+    #[arg(long, env = "S2T_TRANSCRIBE_BLOCK_SECS", default_value_t = 600)]
+    block_secs: u32,
     files: Vec<PathBuf>,
 }
 
@@ -169,6 +182,8 @@ fn transcribe_files(args: TranscribeArgs) -> anyhow::Result<()> {
         fit_audio_ctx: args.fit_audio_ctx,
         ..s2t_worker::asr::TranscribeOptions::new(args.language.clone(), (budget / parallel) as i32)
     };
+    let plan =
+        s2t_worker::blocks::Plan::new(s2t_worker::blocks::BlockPolicy::from_secs(args.block_secs));
     let next = AtomicUsize::new(0);
     let failures = AtomicUsize::new(0);
     let audio_ms = AtomicUsize::new(0);
@@ -179,18 +194,16 @@ fn transcribe_files(args: TranscribeArgs) -> anyhow::Result<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(path) = args.files.get(i) else { break };
                 let t0 = std::time::Instant::now();
-                let result = std::fs::read(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| {
-                        s2t_worker::audio::decode(bytes, None, args.max_audio_secs)
-                            .map_err(|e| e.to_string())
-                    })
-                    .and_then(|d| {
-                        let t = engine
-                            .transcribe(&d.samples, &options, |_| {})
-                            .map_err(|e| e.to_string())?;
-                        Ok((d.duration_ms, t))
-                    });
+                let result = s2t_worker::blocks::transcribe_path(
+                    &engine,
+                    path,
+                    None,
+                    args.max_audio_secs,
+                    &options,
+                    &plan,
+                )
+                .map(|(t, lengths)| (lengths.duration_ms(), t))
+                .map_err(|e| e.to_string());
                 let line = match result {
                     Ok((ms, t)) => {
                         audio_ms.fetch_add(ms as usize, Ordering::Relaxed);
@@ -255,6 +268,9 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         retention_days: args.retention_days,
         shutdown_grace_secs: args.shutdown_grace_secs,
         audio_root: args.audio_root,
+        spool_dir: args
+            .spool_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("s2t-worker")),
         models,
         worker_exe: std::env::current_exe().context("locating the worker binary")?,
     };
@@ -313,8 +329,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run_worker(args))?;
         }
         Command::Transcribe(args) => transcribe_files(args)?,
-        Command::TranscribeJob(a) => {
-            s2t_worker::isolate::run_child(&s2t_worker::isolate::ChildJob {
+        Command::TranscribeJob(a) => s2t_worker::isolate::run_child(
+            &s2t_worker::isolate::ChildJob {
                 model: a.model,
                 language: a.language,
                 threads: a.threads,
@@ -325,8 +341,10 @@ fn main() -> anyhow::Result<()> {
                 max_audio_secs: a.max_audio_secs,
                 max_ms: a.max_ms,
                 extension: a.extension,
-            })
-        }
+                audio: a.audio,
+            },
+            s2t_worker::blocks::BlockPolicy::from_secs(a.block_secs),
+        ),
         Command::ConvertModel {
             ct2,
             out,

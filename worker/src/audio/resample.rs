@@ -12,8 +12,8 @@
 //!
 //! Measured with `scripts/bench_memory.sh` (the `audio_bench` example) on
 //! this 2-core machine: resampling one hour of mono audio to 16 kHz took
-//! 0.86–0.96 s of CPU from 44.1 kHz and 0.85–0.91 s from 48 kHz
-//! (bench/results/audio_pipeline.json). The windowed sinc it replaced
+//! 0.77–0.96 s of CPU from 44.1 kHz and 0.75–0.91 s from 48 kHz over three
+//! runs (bench/results/audio_pipeline.json). The windowed sinc it replaced
 //! took 9.8 s (wall, one thread) per minute of 44.1 kHz audio here.
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
