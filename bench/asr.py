@@ -1,15 +1,26 @@
 """ASR benchmark: our worker path against faster-whisper, side by side.
 
-The corpus is fixed: the five read sentences of pocketsphinx-testdata plus
-English and Vietnamese speech generated with espeak-ng (the texts below).
-English runs on tiny.en and Vietnamese on multilingual base. Both engines
-get models from the same CTranslate2 packages (ours converted to ggml by
-`make models`), the same thread count and the same beam size.
+English runs on tiny.en and Vietnamese on multilingual base; both engines
+get their models from the same CTranslate2 packages (ours converted to ggml
+by `make models`), the same thread count and the same beam size, and both
+produce word timings (faster-whisper with word_timestamps=True), since the
+product stores them.
 
-For each configuration this reports audio-seconds per wall-second (model
-load excluded and reported apart), corpus WER per language, and the peak
-resident memory of the process. Each configuration runs --repeat times and
-keeps its fastest run. Writes bench/results/asr.json and prints a table.
+The audio is built offline by bench/asr_corpus.py, in classes:
+- short: one word to one sentence, 0.5-3.5 s (the shared short-clip list),
+  timed clip by clip: the slowest clip must still be faster than real time;
+- sentences: read sentences of 3-30 s, real and synthetic;
+- long: 25, 40 and 55 s of concatenated real speech;
+- browser: 60 s of it as 48 kHz Opus in WebM;
+- half_hour: 30 minutes of it as a 44.1 kHz stereo MP3.
+
+For each language, class and engine this reports audio seconds per wall
+second (model load excluded and reported apart), corpus WER, the peak
+resident memory of the process, and for clips the slowest clip's seconds
+per audio second. Each configuration runs --repeat times per class,
+interleaved with the others so load drifts hit them alike, and keeps its
+fastest run (the half-hour file runs once). The machine's load average is
+recorded before and after. Writes bench/results/asr.json and prints tables.
 
 Run through `make bench-asr`.
 """
@@ -24,33 +35,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unicodedata
 
-LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox"
+import asr_corpus
 
-ENGLISH = [
-    "The morning train was late again, so the station filled with tired "
-    "commuters holding paper cups of coffee.",
-    "Please remember to water the tomato plants on the balcony before you "
-    "leave for the weekend.",
-    "Our library keeps old maps of the river valley in a quiet room on the "
-    "third floor.",
-]
-# Longer than one 30 s window, so the full-window path is measured too.
-ENGLISH_LONG = (
-    "Speech recognition turns spoken words into written text. A good system "
-    "listens carefully, ignores the silence between sentences, and never "
-    "invents words that nobody said. When the recording is long, it splits "
-    "the audio into windows and decodes each one in turn. The database "
-    "stores every segment with its start and end time, so a reader can jump "
-    "straight to the moment where a phrase was spoken. Search then finds the "
-    "passage again, even when the question uses different words."
-)
-VIETNAMESE = [
-    "Xin chào, hôm nay trời rất đẹp và chúng tôi đi dạo trong công viên.",
-    "Tôi thích đọc sách vào buổi tối sau khi ăn cơm với gia đình.",
-    "Thành phố Hà Nội có nhiều hồ nước và những con phố cổ.",
-]
+SMALL = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+         "eighteen", "nineteen", "twenty"]
+
+
+def spell_number(word: str) -> list[str]:
+    """Whisper writes "10" for "ten" and "29340" for "two nine three four
+    zero"; the references spell them out."""
+    if int(word) <= 20 and not (len(word) > 1 and word.startswith("0")):
+        return [SMALL[int(word)]]
+    return [SMALL[int(d)] for d in word]
 
 
 def normalise(text: str) -> list[str]:
@@ -58,7 +58,10 @@ def normalise(text: str) -> list[str]:
     text = re.sub(r"\bmrs\b\.?", "missus", text)
     text = re.sub(r"\bmr\b\.?", "mister", text)
     kept = "".join(c if c.isalnum() or c.isspace() or c == "'" else " " for c in text)
-    return kept.split()
+    words = []
+    for w in kept.split():
+        words.extend(spell_number(w) if w.isdigit() else [w])
+    return words
 
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:
@@ -71,50 +74,22 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
     return prev[-1]
 
 
-def speak(text: str, voice: str, path: str) -> None:
-    raw = path + ".raw.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", raw, text], check=True)
-    subprocess.run(
-        ["sox", "-V1", raw, "-r", "16000", "-c", "1", "-b", "16", path, "pad", "0.5", "0.5"],
-        check=True,
-    )
-    os.remove(raw)
-
-
-def build_corpus(work: str) -> dict:
-    """{language: [(path, reference)]}"""
-    en = []
-    with open(os.path.join(LIBRIVOX, "transcription")) as f:
-        for line in f:
-            m = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
-            if m:
-                en.append((os.path.join(LIBRIVOX, m.group(2) + ".wav"), m.group(1).strip()))
-    if len(en) != 5:
-        sys.exit(f"expected 5 pocketsphinx recordings in {LIBRIVOX}, found {len(en)}")
-    for i, text in enumerate(ENGLISH + [ENGLISH_LONG]):
-        path = os.path.join(work, f"en{i}.wav")
-        speak(text, "en-us", path)
-        en.append((path, text))
-    vi = []
-    for i, text in enumerate(VIETNAMESE):
-        path = os.path.join(work, f"vi{i}.wav")
-        speak(text, "vi", path)
-        vi.append((path, text))
-    return {"en": en, "vi": vi}
-
-
 def run_peak(cmd: list[str]) -> tuple[list[dict], int]:
     """Run cmd; return its JSON lines and its own peak RSS in bytes."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+        if code != 0:
+            sys.exit(f"{' '.join(cmd)} failed ({code}):\n{err.read()[-3000:]}")
         rows = [json.loads(line) for line in out.read().splitlines() if line.startswith("{")]
     return rows, usage.ru_maxrss * 1024
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main() -> int:
@@ -125,8 +100,15 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--classes", default="short,sentences,long,browser,half_hour",
+                   help="comma-separated subset of the classes")
+    p.add_argument("--skip", default="",
+                   help="comma-separated configurations to leave out (the default row and "
+                        "both faster-whisper rows are always run)")
+    p.add_argument("--languages", default="en,vi", help="comma-separated subset of en,vi")
     p.add_argument("--out", required=True)
     a = p.parse_args()
+    classes = a.classes.split(",")
 
     models = a.models
     ct2 = {
@@ -145,120 +127,151 @@ def main() -> int:
     fw_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fw_transcribe.py")
     common = ["--threads", str(a.threads), "--beam-size", str(a.beam_size)]
 
-    def ours(weights, fit, parallel):
+    def ours(weights):
         def cmd(lang, files):
             flag = "--model-en" if lang == "en" else "--model"
             return [a.worker, "transcribe", flag, os.path.join(models, ggml[weights][lang]),
-                    "--language", lang, "--parallel", str(parallel),
-                    "--fit-audio-ctx", "true" if fit else "false", *common, *files]
+                    "--language", lang, *common, *files]
         return cmd
 
-    def faster(compute, parallel):
+    def faster(compute):
         def cmd(lang, files):
             return [a.python, fw_script, "--model", ct2[lang], "--language", lang,
-                    "--compute-type", compute, "--parallel", str(parallel), *common, *files]
+                    "--compute-type", compute, *common, *files]
         return cmd
 
-    # The second row is what `make run` ships; the verdict compares it.
-    default = "pg_s2t f16, fitted window (default)"
+    # The first row is what `make run` ships; the verdict compares it.
+    default = "pg_s2t f16"
     configs = [
-        ("pg_s2t f16, full 30 s window", "pg_s2t", ours("f16", False, 1)),
-        (default, "pg_s2t", ours("f16", True, 1)),
-        ("pg_s2t q8_0, fitted window", "pg_s2t", ours("q8_0", True, 1)),
-        ("pg_s2t q8_0, fitted, 2 states x 1 thread", "pg_s2t", ours("q8_0", True, 2)),
-        ("faster-whisper float32", "faster-whisper", faster("float32", 1)),
-        ("faster-whisper int8", "faster-whisper", faster("int8", 1)),
-        ("faster-whisper int8, 2 workers x 1 thread", "faster-whisper", faster("int8", 2)),
+        (default, "pg_s2t", ours("f16")),
+        ("pg_s2t q8_0", "pg_s2t", ours("q8_0")),
+        ("faster-whisper int8", "faster-whisper", faster("int8")),
+        ("faster-whisper float32", "faster-whisper", faster("float32")),
     ]
+    skipped = set(filter(None, a.skip.split(",")))
+    configs = [c for c in configs if c[0] not in skipped or c[0] == default
+               or c[1] == "faster-whisper"]
 
+    def write_report(complete: bool) -> tuple[list, dict]:
+        """The JSON so far: rewritten after every class, so a run stopped
+        early still leaves what it measured."""
+        verdict = []
+        for lang in ("en", "vi"):
+            for cls in classes:
+                rows = {r["config"]: r for r in results if r["language"] == lang and r["class"] == cls}
+                needed = (default, "faster-whisper int8", "faster-whisper float32")
+                if any(c not in rows for c in needed):
+                    continue
+                ours_row = rows[default]
+                entry = {"language": lang, "class": cls, "ours": default,
+                         "no_clip_slower_than_real_time": ours_row["clips_slower_than_real_time"] == 0}
+                for fw in ("faster-whisper int8", "faster-whisper float32"):
+                    ratio = ours_row["audio_seconds_per_second"] / rows[fw]["audio_seconds_per_second"]
+                    entry[fw] = {"throughput_ratio": round(ratio, 2),
+                                 "wer_gap_points": round((ours_row["wer"] - rows[fw]["wer"]) * 100, 2)}
+                int8 = entry["faster-whisper int8"]
+                entry["throughput_target_met"] = int8["throughput_ratio"] >= 1.0
+                entry["wer_target_met"] = int8["wer_gap_points"] <= 0.5
+                verdict.append(entry)
+
+        report = {
+            "benchmark": "asr",
+            "complete": complete,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "load_average_before": load_before, "load_average_after": load_average(),
+                        "minutes": round((time.time() - started) / 60, 1)},
+            "settings": {"threads": a.threads, "beam_size": a.beam_size, "repeat": a.repeat,
+                         "models": {"en": "tiny.en", "vi": "base (multilingual)"},
+                         "targets": "English: throughput >= 1.0x faster-whisper int8 per class, "
+                                    "WER <= int8 + 0.5 points, no clip slower than real time"},
+            "results": results,
+            "verdict": verdict,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+        return verdict, report
+
+    load_before = load_average()
+    started = time.time()
     work = tempfile.mkdtemp(prefix="s2t-bench-asr-")
+    results = []
     try:
-        corpus = build_corpus(work)
-        results = []
-        for label, engine, cmd in configs:
-            best = None
-            for _ in range(max(1, a.repeat)):
-                wall = load = audio = 0.0
-                peak = 0
-                texts = {}
-                for lang, items in corpus.items():
-                    rows, rss = run_peak(cmd(lang, [path for path, _ in items]))
-                    summary = rows[-1]
-                    wall += summary["wall_seconds"]
-                    load += summary["load_seconds"]
-                    audio += summary["audio_seconds"]
-                    peak = max(peak, rss)
-                    for r in rows[:-1]:
-                        texts[r["file"]] = r["text"]
-                if best is None or wall < best["wall_seconds"]:
-                    best = {"wall_seconds": wall, "load_seconds": load,
-                            "audio_seconds": audio, "peak_rss_bytes": peak, "texts": texts}
-            wer = {}
-            for lang, items in corpus.items():
-                errors = words = 0
-                for path, ref in items:
-                    r = normalise(ref)
-                    errors += edit_distance(r, normalise(best["texts"].get(path, "")))
-                    words += len(r)
-                wer[lang] = errors / words
-            row = {
-                "config": label,
-                "engine": engine,
-                "audio_seconds": round(best["audio_seconds"], 2),
-                "wall_seconds": round(best["wall_seconds"], 3),
-                "load_seconds": round(best["load_seconds"], 3),
-                "audio_seconds_per_second": round(best["audio_seconds"] / best["wall_seconds"], 2),
-                "wer": {k: round(v, 4) for k, v in wer.items()},
-                "peak_rss_mib": round(best["peak_rss_bytes"] / 2**20, 1),
-                "transcripts": {os.path.basename(k): v for k, v in best["texts"].items()},
-            }
-            results.append(row)
-            print(f"{label:45s} {row['audio_seconds_per_second']:6.2f} x  "
-                  f"WER en {wer['en']:.3f} vi {wer['vi']:.3f}  {row['peak_rss_mib']:6.1f} MiB",
-                  flush=True)
+        corpus = asr_corpus.build(work, classes)
+        for lang, by_class in corpus.items():
+            if lang not in a.languages.split(","):
+                continue
+            for cls, items in by_class.items():
+                if not items:
+                    continue
+                files = [path for path, _ in items]
+                repeat = 1 if cls == "half_hour" else max(1, a.repeat)
+                best = {}
+                for _ in range(repeat):
+                    for label, engine, cmd in configs:
+                        rows, rss = run_peak(cmd(lang, files))
+                        summary = rows[-1]
+                        run = {"wall": summary["wall_seconds"], "load": summary["load_seconds"],
+                               "audio": summary["audio_seconds"], "rss": rss,
+                               "files": {r["file"]: r for r in rows[:-1]}}
+                        if label not in best or run["wall"] < best[label]["wall"]:
+                            best[label] = run
+                for label, engine, _ in configs:
+                    b = best[label]
+                    errors = words = 0
+                    for path, ref in items:
+                        r = normalise(ref)
+                        errors += edit_distance(r, normalise(b["files"][path]["text"]))
+                        words += len(r)
+                    per_clip = [f["seconds"] / max(f["audio_seconds"], 1e-9)
+                                for f in b["files"].values()]
+                    row = {
+                        "language": lang,
+                        "class": cls,
+                        "config": label,
+                        "engine": engine,
+                        "files": len(items),
+                        "audio_seconds": round(b["audio"], 2),
+                        "wall_seconds": round(b["wall"], 3),
+                        "load_seconds": round(b["load"], 3),
+                        "audio_seconds_per_second": round(b["audio"] / b["wall"], 2),
+                        "wer": round(errors / words, 4),
+                        "peak_rss_mib": round(b["rss"] / 2**20, 1),
+                        "slowest_clip_seconds_per_audio_second": round(max(per_clip), 3),
+                        "clips_slower_than_real_time": sum(x > 1.0 for x in per_clip),
+                        "transcripts": {os.path.basename(path): b["files"][path]["text"]
+                                        for path, _ in items[:40]},
+                    }
+                    results.append(row)
+                    print(f"{lang} {cls:10s} {label:24s} {row['audio_seconds_per_second']:7.2f} x  "
+                          f"WER {row['wer']:.3f}  {row['peak_rss_mib']:6.1f} MiB  slowest "
+                          f"{row['slowest_clip_seconds_per_audio_second']:.2f} s/s", flush=True)
+                write_report(False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    ours_row = next(r for r in results if r["config"] == default)
-    comparisons = []
-    for fw in (r for r in results if r["engine"] == "faster-whisper"):
-        ratio = ours_row["audio_seconds_per_second"] / fw["audio_seconds_per_second"]
-        gap = {k: round((ours_row["wer"][k] - fw["wer"][k]) * 100, 2) for k in ours_row["wer"]}
-        comparisons.append({
-            "against": fw["config"],
-            "throughput_ratio": round(ratio, 2),
-            "wer_gap_points": gap,
-            "throughput_target_met": ratio >= 1.0,
-            "wer_target_met": all(v <= 1.0 for v in gap.values()),
-        })
-    verdict = {"ours": default, "comparisons": comparisons}
-    report = {
-        "benchmark": "asr",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "settings": {"threads": a.threads, "beam_size": a.beam_size, "repeat": a.repeat,
-                     "models": {"en": "tiny.en", "vi": "base (multilingual)"}},
-        "corpus": {lang: {"files": len(items),
-                          "words": sum(len(normalise(ref)) for _, ref in items)}
-                   for lang, items in corpus.items()},
-        "results": results,
-        "verdict": verdict,
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    verdict, report = write_report(True)
 
     print()
-    print(f"{'configuration':45s} {'audio s/s':>9s} {'WER en':>7s} {'WER vi':>7s} {'peak MiB':>9s}")
-    for r in results:
-        print(f"{r['config']:45s} {r['audio_seconds_per_second']:9.2f} "
-              f"{r['wer']['en']:7.3f} {r['wer']['vi']:7.3f} {r['peak_rss_mib']:9.1f}")
-    print()
-    print(f"{default} against faster-whisper (WER gap in points, + = ours worse):")
-    for c in comparisons:
-        print(f"  vs {c['against']:42s} throughput {c['throughput_ratio']:.2f}x  "
-              f"WER gap {c['wer_gap_points']}")
+    for lang in ("en", "vi"):
+        print(f"{lang}: {'class':10s} {'configuration':24s} {'audio s/s':>9s} {'WER':>6s} "
+              f"{'peak MiB':>8s} {'slowest':>7s}")
+        for r in (r for r in results if r["language"] == lang):
+            print(f"    {r['class']:10s} {r['config']:24s} {r['audio_seconds_per_second']:9.2f} "
+                  f"{r['wer']:6.3f} {r['peak_rss_mib']:8.1f} "
+                  f"{r['slowest_clip_seconds_per_audio_second']:7.2f}")
+        print()
+    print(f"{default} against faster-whisper (ratio = our throughput / theirs; "
+          "WER gap in points, + = ours worse):")
+    for v in verdict:
+        i, f = v["faster-whisper int8"], v["faster-whisper float32"]
+        print(f"  {v['language']} {v['class']:10s} vs int8 {i['throughput_ratio']:.2f}x "
+              f"{i['wer_gap_points']:+.2f} pt | vs float32 {f['throughput_ratio']:.2f}x "
+              f"{f['wer_gap_points']:+.2f} pt | no clip slower than real time: "
+              f"{v['no_clip_slower_than_real_time']}")
+    print(f"load average before {load_before}, after {report['machine']['load_average_after']}")
     print(f"wrote {a.out}")
     return 0
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# make bench-asr: our worker path against faster-whisper on a fixed corpus,
-# same CTranslate2-sourced models, threads and beam. Writes
-# bench/results/asr.json.
+# make bench-asr: our worker path against faster-whisper int8 and float32,
+# same CTranslate2-sourced models, threads and beam, per language and audio
+# class (short clips, sentences, long files, browser WebM, a 30-minute MP3;
+# the 30-minute file alone takes tens of minutes: --classes picks a subset).
+# Writes bench/results/asr.json.
 source "$(dirname "$0")/lib.sh"
 
 "$ROOT/scripts/models.sh"

@@ -69,13 +69,32 @@ impl TranscribeOptions {
 const ENCODER_FRAMES_PER_SECOND: usize = 50;
 /// Frames added after the speech so the last word is not cut.
 const AUDIO_CTX_MARGIN: usize = 64;
+/// Fewest encoder frames the decoder is given: about 15 s of the 30 s
+/// window. Whisper only ever saw 1500-frame windows in training, and on
+/// much shorter ones its decoder does not find the end of the speech. With
+/// the fitted value alone (about 100 frames for a one-word clip) tiny.en
+/// doubled the word ("Firefox Firefox") or looped ("budgets, budgets, …"
+/// up to whisper.cpp's 220-token limit, which the guard then drops as a
+/// loop, leaving nothing). A loop is a failed decode, so whisper.cpp tries
+/// five more temperatures with five decoders each: 4009 sampling steps for
+/// the 0.9 s "Firefox" clip instead of about 40. Measured with
+/// examples/whisper_probe on 32 clips of 0.8-3.5 s: at 256 frames several
+/// still looped or repeated, at 512 one did, at 640 and 768 none did.
+pub const AUDIO_CTX_FLOOR: usize = 768;
 
 /// The encoder context for `samples` of 16 kHz speech: whisper.cpp always
 /// encodes a full window (`n_audio_ctx`, 30 s), so a 3 s clip costs as much
-/// as a 30 s one. Returns 0 (the full window) when the speech does not fit
-/// in one window with the margin.
+/// as a 30 s one. The speech plus a margin, at least [`AUDIO_CTX_FLOOR`];
+/// 0 (the full window) when that does not fit in one window.
 pub fn fitted_audio_ctx(samples: usize, n_audio_ctx: i32) -> i32 {
-    let frames = (samples * ENCODER_FRAMES_PER_SECOND).div_ceil(vad::RATE) + AUDIO_CTX_MARGIN;
+    fitted_audio_ctx_with_floor(samples, n_audio_ctx, AUDIO_CTX_FLOOR)
+}
+
+/// [`fitted_audio_ctx`] with another floor (examples/whisper_probe
+/// measures floors with it).
+pub fn fitted_audio_ctx_with_floor(samples: usize, n_audio_ctx: i32, floor: usize) -> i32 {
+    let frames =
+        ((samples * ENCODER_FRAMES_PER_SECOND).div_ceil(vad::RATE) + AUDIO_CTX_MARGIN).max(floor);
     if frames >= n_audio_ctx.max(0) as usize {
         0
     } else {
@@ -336,13 +355,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_speech_gets_a_fitted_encoder_context_and_long_speech_the_window() {
-        // 3 s: 150 frames plus the margin.
-        assert_eq!(fitted_audio_ctx(3 * 16_000, 1500), 150 + 64);
+    fn short_speech_gets_the_floor_longer_speech_a_fitted_context_and_long_speech_the_window() {
+        // A one-word clip gets the floor, not the 50 frames/s it holds.
+        assert_eq!(fitted_audio_ctx(16_000, 1500), AUDIO_CTX_FLOOR as i32);
+        assert_eq!(fitted_audio_ctx(1, 1500), AUDIO_CTX_FLOOR as i32);
+        // 20 s: 1000 frames plus the margin, above the floor.
+        assert_eq!(fitted_audio_ctx(20 * 16_000, 1500), 1000 + 64);
         // A partial frame rounds up.
-        assert_eq!(fitted_audio_ctx(1, 1500), 1 + 64);
+        assert_eq!(fitted_audio_ctx_with_floor(1, 1500, 0), 1 + 64);
         // 28.8 s plus the margin no longer fits: use the whole window.
         assert_eq!(fitted_audio_ctx(28 * 16_000 + 12_800, 1500), 0);
         assert_eq!(fitted_audio_ctx(60 * 16_000, 1500), 0);
+        // A model whose window is below the floor always gets its window.
+        assert_eq!(fitted_audio_ctx(16_000, 500), 0);
     }
 }
