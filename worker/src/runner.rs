@@ -59,6 +59,9 @@ pub struct Settings {
     /// `file://` audio must resolve under this directory; `None` refuses
     /// `file://` altogether.
     pub audio_root: Option<PathBuf>,
+    /// Where stored audio is copied for the transcription child, one file
+    /// per job in progress, removed when the job ends.
+    pub spool_dir: PathBuf,
     /// The model files; each job's child process loads the one it needs.
     pub models: ModelPaths,
     /// This binary, run as `transcribe-job` for each job (see [`crate::isolate`]).
@@ -382,21 +385,30 @@ async fn process(
         claimed_at,
     );
     let root = s.audio_root.as_deref();
-    let audio = match retrying!(db, &keeper, |c| jobs::load_audio(c, claim, root)) {
-        Ok(AudioSource::Bytes(bytes, ext)) => (bytes, ext),
-        Ok(AudioSource::Missing(reason)) => return fail(db, &keeper, claim, &reason, false).await,
-        Err(Stop::LeaseLost(reason)) => return Outcome::LeaseLost(reason),
-        Err(Stop::Permanent(e)) => {
-            return fail(
-                db,
-                &keeper,
-                claim,
-                &format!("could not read the audio: {e}"),
-                false,
-            )
-            .await
-        }
-    };
+    let spool = s.spool_dir.as_path();
+    let (audio_path, extension, _spool) =
+        match retrying!(db, &keeper, |c| jobs::load_audio(c, claim, root, spool)) {
+            Ok(AudioSource::File {
+                path,
+                extension,
+                spool,
+            }) => (path, extension, spool),
+            Ok(AudioSource::Missing(reason)) => {
+                return fail(db, &keeper, claim, &reason, false).await
+            }
+            Ok(AudioSource::Local(reason)) => return fail(db, &keeper, claim, &reason, true).await,
+            Err(Stop::LeaseLost(reason)) => return Outcome::LeaseLost(reason),
+            Err(Stop::Permanent(e)) => {
+                return fail(
+                    db,
+                    &keeper,
+                    claim,
+                    &format!("could not read the audio: {e}"),
+                    false,
+                )
+                .await
+            }
+        };
     keeper.set_progress(0.01);
     let multilingual = claim.model.as_deref().is_some_and(|m| !m.ends_with(".en"));
     let Some(model) = isolate::model_for(&s.models, &claim.language, multilingual) else {
@@ -416,11 +428,12 @@ async fn process(
         prompt: claim.prompt.clone(),
         max_audio_secs: s.max_audio_secs,
         max_ms: claim.max_ms,
-        extension: audio.1.clone(),
+        extension,
+        audio: audio_path,
     };
     let spawned = tokio::process::Command::new(&s.worker_exe)
         .args(job.args())
-        .stdin(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         // A dropped supervisor (lease lost, shutdown) takes its child along.
@@ -437,13 +450,6 @@ async fn process(
         "transcribe_started",
         serde_json::json!({"job_id": claim.job_id, "attempt": claim.attempt, "child_pid": child.id()}),
     );
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let bytes = audio.0;
-    let feeder = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        // A child that dies early closes the pipe; its exit says why.
-        let _ = stdin.write_all(&bytes).await;
-    });
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let grace = Duration::from_secs(s.shutdown_grace_secs);
@@ -475,7 +481,6 @@ async fn process(
             reason = keeper.lost_changed() => {
                 // Killing the child stops the decode at once; nothing is stored.
                 let _ = child.kill().await;
-                feeder.abort();
                 return Outcome::LeaseLost(reason);
             }
             _ = stop.changed(), if shutdown_deadline.is_none() => {
@@ -483,7 +488,6 @@ async fn process(
             }
             _ = tokio::time::sleep_until(deadline), if shutdown_deadline.is_some() => {
                 let _ = child.kill().await;
-                feeder.abort();
                 return match retrying!(db, &keeper, |c| jobs::release(c, claim)) {
                     Ok(_) => Outcome::Released,
                     Err(Stop::LeaseLost(reason)) => Outcome::LeaseLost(reason),
@@ -493,7 +497,6 @@ async fn process(
         }
     }
     let status = child.wait().await;
-    feeder.abort();
     if let Some(reason) = keeper.lost() {
         return Outcome::LeaseLost(reason);
     }
