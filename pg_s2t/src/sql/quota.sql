@@ -88,17 +88,16 @@ COMMENT ON FUNCTION _roll_cycle(uuid) IS 'Starts a new cycle (and zeroes the cou
 
 -- The specification's trigger, kept: every new recording counts once. The
 -- admission function counts its own row in the UPDATE that checks the limit
--- (one row lock instead of two writes) and marks it, so the trigger counts
--- every other insert. An ended cycle restarts here too, so a recording
--- inserted after the month turned counts in the new month.
+-- (one row lock instead of two writes) and names it in s2t.counted_recording,
+-- so the trigger counts every other insert. The test is the trigger's WHEN
+-- rather than its body: an admission then runs no trigger function at all.
+-- The marker names one new row's id, so leaving it set is harmless. An ended
+-- cycle restarts here too, so a recording inserted after the month turned
+-- counts in the new month.
 CREATE FUNCTION trg_increment_usage_on_recording() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF current_setting('s2t.counted_recording', true) = NEW.id::text THEN
-        PERFORM set_config('s2t.counted_recording', '', true);
-        RETURN NEW;
-    END IF;
     UPDATE s2t.user_subscriptions s
        SET usage_count  = CASE WHEN s.cycle_end <= now() THEN 1 ELSE s.usage_count + 1 END,
            used_seconds = CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END,
@@ -112,7 +111,9 @@ END
 $$;
 COMMENT ON FUNCTION trg_increment_usage_on_recording() IS 'Trigger: counts each new recording against the user''s monthly usage (starting a new cycle if the old one ended).';
 CREATE TRIGGER increment_usage_on_recording
-    AFTER INSERT ON recordings FOR EACH ROW EXECUTE FUNCTION trg_increment_usage_on_recording();
+    AFTER INSERT ON recordings FOR EACH ROW
+    WHEN (current_setting('s2t.counted_recording', true) IS DISTINCT FROM NEW.id::text)
+    EXECUTE FUNCTION trg_increment_usage_on_recording();
 
 CREATE FUNCTION register_user(
     in_email text, in_user_name text, in_hashed_pass text,
@@ -187,6 +188,8 @@ CREATE FUNCTION _admit_recording(
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_acting uuid;
+    v_marked text;
     v_reserve int;
     v_usage int;
     v_seconds int;
@@ -197,7 +200,17 @@ DECLARE
     v_usage_limit int;
     v_minutes int;
 BEGIN
-    PERFORM _assert_may_act_for(in_user_id);
+    -- _assert_may_act_for, inline: this runs on every admission.
+    v_acting := current_user_id();
+    IF v_acting IS NOT NULL THEN
+        IF v_acting IS DISTINCT FROM in_user_id THEN
+            RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('user %s not found', in_user_id),
+                HINT = 'A session acting for one user (s2t.user_id) cannot read or change another user''s data.';
+        END IF;
+    ELSIF _caller_is_app() THEN
+        RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 's2t.user_id is not set',
+            HINT = 'The application role must run set_config(''s2t.user_id'', <user id>, true) in each transaction.';
+    END IF;
     IF in_source IS NULL OR in_source NOT IN ('realtime', 'upload') THEN
         refusal := _problem('S2V01', format('source must be ''realtime'' or ''upload'', got %L', in_source),
                             'field: source', 'Use ''upload'' for files and ''realtime'' for streamed audio.');
@@ -221,7 +234,7 @@ BEGIN
     -- a file:// or other URI would make a worker read wherever it says.
     IF in_audio_uri IS NOT NULL AND in_audio_uri <> 'db:' AND _caller_is_app() THEN
         refusal := _problem('42501', 'the application role may only create recordings whose audio is in the database (audio_uri ''db:'')',
-                            'field: audio_uri', 'Stage the bytes with COPY into s2t.audio_uploads and attach them with s2t.attach_upload.');
+                            'field: audio_uri', 'Store the bytes with COPY into s2t.recording_audio_chunks and attach them with s2t.attach_audio.');
         RETURN;
     END IF;
     -- Whole seconds, rounded up, as billing rounds.
@@ -235,26 +248,32 @@ BEGIN
     -- of recordings still in flight carry over into the new cycle. A
     -- recording of unknown length needs at least one second left; claim_job
     -- then caps it at what is left when it starts.
+    -- The check, the count and the insert are one statement (one executor
+    -- start instead of three), and the usage trigger is told that the row
+    -- is counted before it exists.
     recording_id := gen_random_uuid();
-    UPDATE user_subscriptions s
-       SET usage_count  = CASE WHEN s.cycle_end <= now() THEN 1 ELSE s.usage_count + 1 END,
-           used_seconds = CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END,
-           reserved_seconds = s.reserved_seconds + v_reserve,
-           cycle_start  = CASE WHEN s.cycle_end <= now() THEN date_trunc('month', now(), 'UTC') ELSE s.cycle_start END,
-           cycle_end    = CASE WHEN s.cycle_end <= now()
-                               THEN date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC')
-                               ELSE s.cycle_end END
-      FROM plans p, users u
-     WHERE s.user_id = in_user_id AND p.id = s.plan_id AND u.id = s.user_id AND u.status = 'active'
-       AND CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.usage_count END < p.monthly_usage_limit
-       AND CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END::bigint
-           + s.reserved_seconds + greatest(v_reserve, 1) <= p.monthly_minutes::bigint * 60;
+    v_marked := set_config('s2t.counted_recording', recording_id::text, true);
+    WITH admitted AS (
+        UPDATE user_subscriptions s
+           SET usage_count  = CASE WHEN s.cycle_end <= now() THEN 1 ELSE s.usage_count + 1 END,
+               used_seconds = CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END,
+               reserved_seconds = s.reserved_seconds + v_reserve,
+               cycle_start  = CASE WHEN s.cycle_end <= now() THEN date_trunc('month', now(), 'UTC') ELSE s.cycle_start END,
+               cycle_end    = CASE WHEN s.cycle_end <= now()
+                                   THEN date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC')
+                                   ELSE s.cycle_end END
+          FROM plans p, users u
+         WHERE s.user_id = in_user_id AND p.id = s.plan_id AND u.id = s.user_id AND u.status = 'active'
+           AND CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.usage_count END < p.monthly_usage_limit
+           AND CASE WHEN s.cycle_end <= now() THEN 0 ELSE s.used_seconds END::bigint
+               + s.reserved_seconds + greatest(v_reserve, 1) <= p.monthly_minutes::bigint * 60
+         RETURNING s.user_id
+    )
+    INSERT INTO recordings (id, user_id, source, language, meta, audio_uri, reserved_seconds, expected_ms)
+    SELECT recording_id, a.user_id, in_source, coalesce(in_language, 'vi'),
+           coalesce(in_meta, '{}'::jsonb), in_audio_uri, v_reserve, in_expected_ms
+      FROM admitted a;
     IF FOUND THEN
-        -- Tell the usage trigger that this row is already counted.
-        PERFORM set_config('s2t.counted_recording', recording_id::text, true);
-        INSERT INTO recordings (id, user_id, source, language, meta, audio_uri, reserved_seconds, expected_ms)
-        VALUES (recording_id, in_user_id, in_source, coalesce(in_language, 'vi'),
-                coalesce(in_meta, '{}'::jsonb), in_audio_uri, v_reserve, in_expected_ms);
         RETURN;
     END IF;
     recording_id := NULL;
