@@ -65,6 +65,12 @@ impl TranscribeOptions {
     }
 }
 
+/// The longest piece of speech decoded in one `whisper_full` call: 28 s,
+/// so that with [`AUDIO_CTX_MARGIN`] its fitted context stays inside the
+/// 1500-frame (30 s) window. Longer speech is cut at pauses
+/// ([`vad::window_cuts`]).
+pub const MAX_WINDOW: usize = 28 * vad::RATE;
+
 /// Encoder frames per second of audio (one per 20 ms).
 const ENCODER_FRAMES_PER_SECOND: usize = 50;
 /// Frames added after the speech so the last word is not cut.
@@ -134,6 +140,41 @@ unsafe extern "C" fn abort_if_set(user_data: *mut std::ffi::c_void) -> bool {
     // SAFETY: set_abort_callback_user_data above passes a live AtomicBool.
     let flag = unsafe { &*(user_data as *const AtomicBool) };
     flag.load(Ordering::Relaxed)
+}
+
+/// What [`skip_silent_tail`] reads: the voice flags of the audio given to
+/// whisper.cpp and how many windows it has begun.
+struct TailHook {
+    voiced: Vec<bool>,
+    windows: u32,
+}
+
+/// whisper.cpp's encoder-begin hook: the first window always runs; a later
+/// one only when the audio after the last decoded segment still has speech
+/// ([`vad::tail_has_speech`]). Returning false ends `whisper_full` with
+/// what it has decoded, as success.
+unsafe extern "C" fn skip_silent_tail(
+    _ctx: *mut whisper_rs::whisper_rs_sys::whisper_context,
+    state: *mut whisper_rs::whisper_rs_sys::whisper_state,
+    user_data: *mut std::ffi::c_void,
+) -> bool {
+    use whisper_rs::whisper_rs_sys as sys;
+    // SAFETY: transcribe() passes a TailHook that outlives `state.full`, the
+    // only call that runs this hook, and nothing else touches it meanwhile.
+    let hook = unsafe { &mut *(user_data as *mut TailHook) };
+    hook.windows += 1;
+    if hook.windows == 1 {
+        return true;
+    }
+    // SAFETY: whisper.cpp passes the state it is decoding into; these only
+    // read its finished segments.
+    let decoded_cs = unsafe {
+        match sys::whisper_full_n_segments_from_state(state) {
+            n if n > 0 => sys::whisper_full_get_segment_t1_from_state(state, n - 1),
+            _ => 0,
+        }
+    };
+    vad::tail_has_speech(&hook.voiced, decoded_cs.max(0) as usize * 10)
 }
 
 struct Loaded {
@@ -216,6 +257,84 @@ impl Engine {
             .ctx
             .create_state()
             .map_err(|e| EngineError::Whisper(e.to_string()))?;
+        let voiced = vad::voiced_frames(&speech);
+        let windows = vad::window_cuts(&map.piece_starts(), &voiced, speech.len(), MAX_WINDOW);
+        let total = speech.len().max(1) as f32;
+        let progress = std::rc::Rc::new(std::cell::RefCell::new(progress));
+        let mut language = if model.multilingual {
+            opts.language.clone()
+        } else {
+            "en".to_string()
+        };
+        let mut detected: Option<String> = None;
+        let mut segments: Vec<Segment> = Vec::new();
+        for window in windows {
+            let piece = &speech[window.clone()];
+            let base = window.start as f32;
+            let len = piece.len() as f32;
+            let report = progress.clone();
+            let params = self.window_params(model, opts, &language, piece.len(), move |pct| {
+                (report.borrow_mut())((base + len * pct as f32 / 100.0) / total)
+            });
+            let frames = window.start / vad::FRAME..(window.end / vad::FRAME).min(voiced.len());
+            let mut tail = TailHook {
+                voiced: voiced[frames].to_vec(),
+                windows: 0,
+            };
+            let mut params = params;
+            // SAFETY: `tail` lives on this frame until after `state.full`,
+            // the only call that reads the pointer.
+            unsafe {
+                params.set_start_encoder_callback(Some(skip_silent_tail));
+                params.set_start_encoder_callback_user_data(
+                    &mut tail as *mut TailHook as *mut std::ffi::c_void,
+                );
+            }
+            let result = state.full(params, piece);
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(EngineError::Cancelled);
+            }
+            result.map_err(|e| EngineError::Whisper(e.to_string()))?;
+            if detected.is_none() {
+                detected =
+                    whisper_rs::get_lang_str(state.full_lang_id_from_state()).map(str::to_string);
+                // Later windows keep the language the first one found.
+                if language == "auto" {
+                    if let Some(found) = &detected {
+                        language = found.clone();
+                    }
+                }
+            }
+            let offset_ms = (window.start * 1000 / vad::RATE) as i64;
+            collect_segments(
+                model,
+                &state,
+                |concat_ms| map.to_original_ms(offset_ms + concat_ms).min(duration_ms),
+                &mut segments,
+            )?;
+        }
+        Ok(Transcript {
+            language: fixed_language.or(detected),
+            segments,
+            speech_seconds,
+        })
+    }
+}
+
+impl Engine {
+    /// whisper.cpp's parameters for one piece of `samples` speech samples.
+    fn window_params<'a>(
+        &self,
+        model: &Loaded,
+        opts: &TranscribeOptions,
+        language: &'a str,
+        samples: usize,
+        progress: impl FnMut(i32) + 'static,
+    ) -> FullParams<'a, 'static> {
         let strategy = if opts.beam_size > 1 {
             SamplingStrategy::BeamSearch {
                 beam_size: opts.beam_size,
@@ -227,16 +346,11 @@ impl Engine {
         let mut params = FullParams::new(strategy);
         params.set_n_threads(opts.threads.max(1));
         if opts.fit_audio_ctx {
-            let ctx = fitted_audio_ctx(speech.len(), model.ctx.model_n_audio_ctx());
+            let ctx = fitted_audio_ctx(samples, model.ctx.model_n_audio_ctx());
             if ctx > 0 {
                 params.set_audio_ctx(ctx);
             }
         }
-        let language = if model.multilingual {
-            opts.language.as_str()
-        } else {
-            "en"
-        };
         params.set_language(Some(language));
         params.set_token_timestamps(true);
         if let Some(prompt) = opts.prompt.as_deref().filter(|p| !p.trim().is_empty()) {
@@ -250,104 +364,94 @@ impl Engine {
         params.set_print_realtime(false);
         params.set_print_special(false);
         params.set_print_timestamps(false);
-        let mut progress = progress;
-        params.set_progress_callback_safe(move |percent: i32| progress(percent as f32 / 100.0));
+        params.set_progress_callback_safe(progress);
         if let Some(cancel) = &opts.cancel {
             // whisper-rs 0.16's set_abort_callback_safe calls the closure
             // through the wrong type (it aborted encoding at random here), so
             // hand whisper.cpp the flag itself.
-            // SAFETY: `cancel` is borrowed from `opts` and outlives
-            // `state.full` below, the only place the pointer is read.
+            // SAFETY: `cancel` is borrowed from `opts`, which outlives every
+            // `state.full` call these parameters are given to.
             unsafe {
                 params.set_abort_callback(Some(abort_if_set));
                 params.set_abort_callback_user_data(Arc::as_ptr(cancel) as *mut std::ffi::c_void);
             }
         }
-        let result = state.full(params, &speech);
-        if opts
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
-            return Err(EngineError::Cancelled);
-        }
-        result.map_err(|e| EngineError::Whisper(e.to_string()))?;
+        params
+    }
+}
 
-        let detected =
-            whisper_rs::get_lang_str(state.full_lang_id_from_state()).map(str::to_string);
-        let eot = model.ctx.token_eot();
-        let mut segments: Vec<Segment> = Vec::new();
-        for seg in state.as_iter() {
-            let text = seg
-                .to_str_lossy()
-                .map_err(|e| EngineError::Whisper(e.to_string()))?;
-            let mut words: Vec<Word> = Vec::new();
-            let mut probs = Vec::new();
-            for t in 0..seg.n_tokens() {
-                let Some(token) = seg.get_token(t) else {
-                    continue;
-                };
-                if token.token_id() >= eot {
-                    continue;
-                }
-                let data = token.token_data();
-                probs.push(data.p);
-                let piece = token
-                    .to_str_lossy()
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default();
-                let start = map.to_original_ms(data.t0 * 10).min(duration_ms);
-                let end = map.to_original_ms(data.t1 * 10).min(duration_ms).max(start);
-                match words.last_mut() {
-                    Some(last) if !piece.starts_with(' ') => {
-                        last.word.push_str(&piece);
-                        last.end_ms = end.max(last.end_ms);
-                        last.probability = last.probability.min(data.p);
-                    }
-                    _ => words.push(Word {
-                        word: piece,
-                        start_ms: start,
-                        end_ms: end,
-                        probability: data.p,
-                    }),
-                }
-            }
-            for w in &mut words {
-                w.word = w.word.trim().to_string();
-            }
-            words.retain(|w| !w.word.is_empty());
-            let mean_prob = if probs.is_empty() {
-                0.0
-            } else {
-                probs.iter().sum::<f32>() / probs.len() as f32
+/// The segments of one decoded piece, with words, guarded against
+/// hallucination, on the original timeline (`to_original` maps a time in
+/// the piece, in ms), appended to `segments` in order.
+fn collect_segments(
+    model: &Loaded,
+    state: &whisper_rs::WhisperState,
+    to_original: impl Fn(i64) -> i64,
+    segments: &mut Vec<Segment>,
+) -> Result<(), EngineError> {
+    let eot = model.ctx.token_eot();
+    for seg in state.as_iter() {
+        let text = seg
+            .to_str_lossy()
+            .map_err(|e| EngineError::Whisper(e.to_string()))?;
+        let mut words: Vec<Word> = Vec::new();
+        let mut probs = Vec::new();
+        for t in 0..seg.n_tokens() {
+            let Some(token) = seg.get_token(t) else {
+                continue;
             };
-            if !guard::keep_segment(&text, seg.no_speech_probability(), mean_prob) {
+            if token.token_id() >= eot {
                 continue;
             }
-            let mut start_ms = map
-                .to_original_ms(seg.start_timestamp() * 10)
-                .min(duration_ms);
-            let end_ms = map
-                .to_original_ms(seg.end_timestamp() * 10)
-                .min(duration_ms);
-            // Monotonic, whatever the decoder did at window edges.
-            if let Some(prev) = segments.last() {
-                start_ms = start_ms.max(prev.start_ms);
+            let data = token.token_data();
+            probs.push(data.p);
+            let piece = token
+                .to_str_lossy()
+                .map(|c| c.into_owned())
+                .unwrap_or_default();
+            let start = to_original(data.t0 * 10);
+            let end = to_original(data.t1 * 10).max(start);
+            match words.last_mut() {
+                Some(last) if !piece.starts_with(' ') => {
+                    last.word.push_str(&piece);
+                    last.end_ms = end.max(last.end_ms);
+                    last.probability = last.probability.min(data.p);
+                }
+                _ => words.push(Word {
+                    word: piece,
+                    start_ms: start,
+                    end_ms: end,
+                    probability: data.p,
+                }),
             }
-            segments.push(Segment {
-                idx: segments.len() as i32,
-                start_ms,
-                end_ms: end_ms.max(start_ms),
-                text: text.trim().to_string(),
-                words,
-            });
         }
-        Ok(Transcript {
-            language: fixed_language.or(detected),
-            segments,
-            speech_seconds,
-        })
+        for w in &mut words {
+            w.word = w.word.trim().to_string();
+        }
+        words.retain(|w| !w.word.is_empty());
+        let mean_prob = if probs.is_empty() {
+            0.0
+        } else {
+            probs.iter().sum::<f32>() / probs.len() as f32
+        };
+        if !guard::keep_segment(&text, seg.no_speech_probability(), mean_prob) {
+            continue;
+        }
+        let mut start_ms = to_original(seg.start_timestamp() * 10);
+        let end_ms = to_original(seg.end_timestamp() * 10);
+        // Monotonic, whatever the decoder did at window edges.
+        if let Some(prev) = segments.last() {
+            start_ms = start_ms.max(prev.start_ms);
+        }
+        segments.push(Segment {
+            idx: segments.len() as i32,
+            start_ms,
+            end_ms: end_ms.max(start_ms),
+            text: text.trim().to_string(),
+            words,
+        });
     }
+    Ok(())
 }
 
 #[cfg(test)]

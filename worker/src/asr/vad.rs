@@ -118,6 +118,12 @@ impl TimeMap {
         TimeMap { pieces }
     }
 
+    /// Where each piece starts on the concatenation, in samples: the cut
+    /// silences lie just before these points.
+    pub fn piece_starts(&self) -> Vec<usize> {
+        self.pieces.iter().map(|&(at, _, _)| at).collect()
+    }
+
     /// The original time of a concatenation time, both in milliseconds. A
     /// time inside a piece maps linearly; past the end it clamps.
     pub fn to_original_ms(&self, concat_ms: i64) -> i64 {
@@ -143,6 +149,70 @@ pub fn speech_only(samples: &[f32], policy: VadPolicy) -> (Vec<f32>, TimeMap) {
         speech.extend_from_slice(&samples[r.start..r.end]);
     }
     (speech, TimeMap::new(&regions))
+}
+
+/// How `len` samples of concatenated speech are split into pieces of at
+/// most `max` samples, each decoded on its own in one encoder window. A
+/// cut goes at the latest piece start (`starts`, where a pause was cut out)
+/// in the second half of the allowed span; inside one long stretch of
+/// speech, at the latest unvoiced frame there; failing both, at `max`.
+/// Pieces that fit a window end at a pause, so whisper.cpp's seek never
+/// needs a window for the few seconds left after the last one, and each
+/// piece gets a fitted encoder context.
+pub fn window_cuts(
+    starts: &[usize],
+    voiced: &[bool],
+    len: usize,
+    max: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    if len == 0 || max == 0 {
+        return out;
+    }
+    let mut start = 0;
+    while len - start > max {
+        let limit = start + max;
+        let earliest = start + max / 2;
+        let at_pause = starts
+            .iter()
+            .copied()
+            .filter(|&s| s > earliest && s <= limit)
+            .max();
+        let at_unvoiced = || {
+            (earliest.div_ceil(FRAME)..limit / FRAME)
+                .rev()
+                .find(|&f| !voiced.get(f).copied().unwrap_or(true))
+                .map(|f| f * FRAME + FRAME / 2)
+        };
+        let cut = at_pause.or_else(at_unvoiced).unwrap_or(limit);
+        out.push(start..cut);
+        start = cut;
+    }
+    out.push(start..len);
+    out
+}
+
+/// Audio after the last decoded timestamp that is skipped without looking:
+/// whisper.cpp's timestamps land up to a few hundred ms before the word's
+/// real end, so the word just decoded is not counted as new speech.
+pub const TAIL_GRACE_MS: usize = 300;
+/// Voiced audio left after that grace for which another window is worth
+/// encoding.
+pub const TAIL_MIN_SPEECH_MS: usize = 210;
+
+/// Whether the audio from `from_ms` on (on the timeline `voiced` was
+/// computed on, one flag per [`FRAME`]) still holds speech worth another
+/// encoder window. whisper.cpp moves its window to the last timestamp it
+/// decoded and encodes again, even when what is left is the silence after
+/// the last word: on clips and on the end of each file that second window
+/// is a full encoder run that decodes nothing. The tail is encoded again
+/// only when it has at least [`TAIL_MIN_SPEECH_MS`] of voiced frames after
+/// a [`TAIL_GRACE_MS`] grace.
+pub fn tail_has_speech(voiced: &[bool], from_ms: usize) -> bool {
+    let frame_ms = FRAME * 1000 / RATE;
+    let first = (from_ms + TAIL_GRACE_MS).div_ceil(frame_ms);
+    let voiced_ms = voiced.iter().skip(first).filter(|&&v| v).count() * frame_ms;
+    voiced_ms >= TAIL_MIN_SPEECH_MS
 }
 
 #[cfg(test)]
@@ -242,5 +312,68 @@ mod tests {
         let silence = vec![0.0f32; RATE * 3];
         let (speech, _) = speech_only(&silence, VadPolicy::default());
         assert!(speech.is_empty());
+    }
+    #[test]
+    fn a_silent_tail_is_not_encoded_again() {
+        // 10 s of speech then 1.5 s of silence, decoded up to 10.1 s.
+        let mut voiced = vec![true; 10_000 / 30];
+        voiced.extend(vec![false; 1_500 / 30]);
+        assert!(!tail_has_speech(&voiced, 10_100));
+        // Nothing at all left.
+        assert!(!tail_has_speech(&voiced, 11_500));
+        assert!(!tail_has_speech(&[], 0));
+    }
+
+    #[test]
+    fn a_word_left_after_the_last_timestamp_is_encoded_again() {
+        // Decoded up to 51.3 s; a 0.5 s word starts at 51.7 s.
+        let mut voiced = vec![true; 51_300 / 30];
+        voiced.extend(vec![false; 400 / 30]);
+        voiced.extend(vec![true; 500 / 30]);
+        voiced.extend(vec![false; 600 / 30]);
+        assert!(tail_has_speech(&voiced, 51_300));
+    }
+
+    #[test]
+    fn the_grace_covers_the_end_of_the_word_just_decoded() {
+        // The timestamp lands 250 ms before the word really ends.
+        let mut voiced = vec![true; 5_250 / 30];
+        voiced.extend(vec![false; 2_000 / 30]);
+        assert!(!tail_has_speech(&voiced, 5_000));
+        // A timestamp 1 s early leaves speech that must be decoded.
+        assert!(tail_has_speech(&voiced, 4_250));
+    }
+    #[test]
+    fn speech_is_cut_at_the_latest_pause_that_fits_a_window() {
+        let max = 28 * RATE;
+        // Pieces start at 0, 10, 20, 27 and 40 s; 52 s in all.
+        let starts = [0, 10 * RATE, 20 * RATE, 27 * RATE, 40 * RATE];
+        let voiced = vec![true; 52 * RATE / FRAME];
+        let cuts = window_cuts(&starts, &voiced, 52 * RATE, max);
+        assert_eq!(cuts, vec![0..27 * RATE, 27 * RATE..52 * RATE]);
+        // Short speech is one piece; none at all is none.
+        assert_eq!(
+            window_cuts(&starts, &voiced, 5 * RATE, max),
+            vec![0..5 * RATE]
+        );
+        assert!(window_cuts(&starts, &voiced, 0, max).is_empty());
+    }
+
+    #[test]
+    fn one_long_stretch_is_cut_at_an_unvoiced_frame_or_at_the_limit() {
+        let max = 28 * RATE;
+        // 70 s of one piece, with a breath (unvoiced frame) at 25 s.
+        let mut voiced = vec![true; 70 * RATE / FRAME];
+        let breath = 25 * RATE / FRAME;
+        voiced[breath] = false;
+        let cuts = window_cuts(&[0], &voiced, 70 * RATE, max);
+        let first_cut = breath * FRAME + FRAME / 2;
+        assert_eq!(cuts[0], 0..first_cut);
+        // No pause after it: the next cut is at the limit.
+        assert_eq!(cuts[1], first_cut..first_cut + max);
+        assert_eq!(cuts.last().unwrap().end, 70 * RATE);
+        assert!(cuts.iter().all(|c| c.len() <= max && !c.is_empty()));
+        // Pieces are contiguous.
+        assert!(cuts.windows(2).all(|w| w[0].end == w[1].start));
     }
 }
