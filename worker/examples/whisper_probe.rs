@@ -7,14 +7,16 @@
 //! encoder, decoder and sampling times and the temperature fallbacks; the
 //! engine's own states keep those counters private. The speech goes
 //! through the engine's VAD first, so the decoder sees what the engine's
-//! does. Settings (defaults are the engine's):
+//! does, but in one `whisper_full` call (the engine decodes pieces of at
+//! most 28 s, `vad::window_cuts`; give the probe such pieces to compare).
+//! Settings (defaults are the engine's):
 //! `ctx=fit|full|N` (N is a floor on the fitted context), `beam=5`,
 //! `threads=2`, `single=0|1`, `fallback=1|0`, `flash=0|1`, `nctx=0|N`
 //! (`n_max_text_ctx`), `maxlen=0` (max tokens per segment), `tail=1|0` (1: a
 //! later window runs only if the audio after the last decoded segment has
 //! speech, as in the engine; 0: whisper.cpp's own seek).
 
-use s2t_worker::asr::engine::fitted_audio_ctx_with_floor;
+use s2t_worker::asr::engine::{fitted_audio_ctx_with_floor, skip_silent_tail, TailHook};
 use s2t_worker::asr::vad::{self, VadPolicy};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::time::Instant;
@@ -30,35 +32,6 @@ unsafe extern "C" fn keep_timings(_level: u32, text: *const c_char, _user: *mut 
     {
         eprint!("    {line}");
     }
-}
-
-/// The engine's encoder-begin policy: later windows run only while the
-/// audio after the last decoded segment still has speech.
-struct Tail {
-    voiced: Vec<bool>,
-    windows: u32,
-    skip: bool,
-}
-
-unsafe extern "C" fn skip_silent_tail(
-    _ctx: *mut sys::whisper_context,
-    state: *mut sys::whisper_state,
-    user: *mut c_void,
-) -> bool {
-    // SAFETY: `user` is the Tail the loop below owns for this call.
-    let tail = unsafe { &mut *(user as *mut Tail) };
-    tail.windows += 1;
-    if tail.windows == 1 || !tail.skip {
-        return true;
-    }
-    // SAFETY: whisper.cpp passes its live state.
-    let done = unsafe {
-        match sys::whisper_full_n_segments_from_state(state) {
-            n if n > 0 => sys::whisper_full_get_segment_t1_from_state(state, n - 1),
-            _ => 0,
-        }
-    };
-    vad::tail_has_speech(&tail.voiced, done.max(0) as usize * 10)
 }
 
 struct Settings {
@@ -154,13 +127,14 @@ fn main() {
             p.print_realtime = false;
             p.print_special = false;
             p.print_timestamps = false;
-            let mut tail = Tail {
+            let mut tail = TailHook {
                 voiced: vad::voiced_frames(&speech),
                 windows: 0,
-                skip: s.tail,
             };
-            p.encoder_begin_callback = Some(skip_silent_tail);
-            p.encoder_begin_callback_user_data = &mut tail as *mut Tail as *mut c_void;
+            if s.tail {
+                p.encoder_begin_callback = Some(skip_silent_tail);
+                p.encoder_begin_callback_user_data = &mut tail as *mut TailHook as *mut c_void;
+            }
             if !s.fallback {
                 p.temperature_inc = 0.0;
             }

@@ -144,23 +144,26 @@ unsafe extern "C" fn abort_if_set(user_data: *mut std::ffi::c_void) -> bool {
 
 /// What [`skip_silent_tail`] reads: the voice flags of the audio given to
 /// whisper.cpp and how many windows it has begun.
-struct TailHook {
-    voiced: Vec<bool>,
-    windows: u32,
+pub struct TailHook {
+    pub voiced: Vec<bool>,
+    pub windows: u32,
 }
 
 /// whisper.cpp's encoder-begin hook: the first window always runs; a later
 /// one only when the audio after the last decoded segment still has speech
 /// ([`vad::tail_has_speech`]). Returning false ends `whisper_full` with
 /// what it has decoded, as success.
-unsafe extern "C" fn skip_silent_tail(
+///
+/// # Safety
+/// `user_data` must point to a live [`TailHook`] that nothing else uses
+/// during the `whisper_full` call, and `state` must be whisper.cpp's.
+pub unsafe extern "C" fn skip_silent_tail(
     _ctx: *mut whisper_rs::whisper_rs_sys::whisper_context,
     state: *mut whisper_rs::whisper_rs_sys::whisper_state,
     user_data: *mut std::ffi::c_void,
 ) -> bool {
     use whisper_rs::whisper_rs_sys as sys;
-    // SAFETY: transcribe() passes a TailHook that outlives `state.full`, the
-    // only call that runs this hook, and nothing else touches it meanwhile.
+    // SAFETY: the caller's contract (see above).
     let hook = unsafe { &mut *(user_data as *mut TailHook) };
     hook.windows += 1;
     if hook.windows == 1 {
