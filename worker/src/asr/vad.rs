@@ -155,7 +155,8 @@ pub fn speech_only(samples: &[f32], policy: VadPolicy) -> (Vec<f32>, TimeMap) {
 /// most `max` samples, each decoded on its own in one encoder window. A
 /// cut goes at the latest piece start (`starts`, where a pause was cut out)
 /// in the second half of the allowed span; inside one long stretch of
-/// speech, at the latest unvoiced frame there; failing both, at `max`.
+/// speech, at the latest unvoiced frame there; failing both, at `max`, or
+/// earlier so that the last piece is not a sliver.
 /// Pieces that fit a window end at a pause, so whisper.cpp's seek never
 /// needs a window for the few seconds left after the last one, and each
 /// piece gets a fitted encoder context.
@@ -169,9 +170,12 @@ pub fn window_cuts(
     if len == 0 || max == 0 {
         return out;
     }
+    // The last piece is at least this long: whisper.cpp ignores input under
+    // 100 ms, so a cut at the limit must not leave a sliver of speech.
+    let min_last = (max / 4).min(RATE);
     let mut start = 0;
     while len - start > max {
-        let limit = start + max;
+        let limit = (start + max).min(len - min_last);
         let earliest = start + max / 2;
         let at_pause = starts
             .iter()
@@ -372,6 +376,11 @@ mod tests {
         // No pause after it: the next cut is at the limit.
         assert_eq!(cuts[1], first_cut..first_cut + max);
         assert_eq!(cuts.last().unwrap().end, 70 * RATE);
+        // 28 s and 10 ms of unbroken speech: the last piece is 1 s, not
+        // 10 ms that whisper.cpp would drop.
+        let voiced = vec![true; 29 * RATE / FRAME];
+        let cuts = window_cuts(&[0], &voiced, max + 160, max);
+        assert_eq!(cuts, vec![0..max + 160 - RATE, max + 160 - RATE..max + 160]);
         assert!(cuts.iter().all(|c| c.len() <= max && !c.is_empty()));
         // Pieces are contiguous.
         assert!(cuts.windows(2).all(|w| w[0].end == w[1].start));
