@@ -127,13 +127,14 @@ fn main() {
             p.print_realtime = false;
             p.print_special = false;
             p.print_timestamps = false;
+            let voiced = vad::voiced_frames(&speech);
             let mut tail = TailHook {
-                voiced: vad::voiced_frames(&speech),
+                voiced: &voiced,
                 windows: 0,
             };
             if s.tail {
                 p.encoder_begin_callback = Some(skip_silent_tail);
-                p.encoder_begin_callback_user_data = &mut tail as *mut TailHook as *mut c_void;
+                p.encoder_begin_callback_user_data = &mut tail as *mut TailHook<'_> as *mut c_void;
             }
             if !s.fallback {
                 p.temperature_inc = 0.0;

@@ -144,8 +144,8 @@ unsafe extern "C" fn abort_if_set(user_data: *mut std::ffi::c_void) -> bool {
 
 /// What [`skip_silent_tail`] reads: the voice flags of the audio given to
 /// whisper.cpp and how many windows it has begun.
-pub struct TailHook {
-    pub voiced: Vec<bool>,
+pub struct TailHook<'a> {
+    pub voiced: &'a [bool],
     pub windows: u32,
 }
 
@@ -164,7 +164,7 @@ pub unsafe extern "C" fn skip_silent_tail(
 ) -> bool {
     use whisper_rs::whisper_rs_sys as sys;
     // SAFETY: the caller's contract (see above).
-    let hook = unsafe { &mut *(user_data as *mut TailHook) };
+    let hook = unsafe { &mut *(user_data as *mut TailHook<'_>) };
     hook.windows += 1;
     if hook.windows == 1 {
         return true;
@@ -177,7 +177,7 @@ pub unsafe extern "C" fn skip_silent_tail(
             _ => 0,
         }
     };
-    vad::tail_has_speech(&hook.voiced, decoded_cs.max(0) as usize * 10)
+    vad::tail_has_speech(hook.voiced, decoded_cs.max(0) as usize * 10)
 }
 
 struct Loaded {
@@ -276,21 +276,20 @@ impl Engine {
             let base = window.start as f32;
             let len = piece.len() as f32;
             let report = progress.clone();
-            let params = self.window_params(model, opts, &language, piece.len(), move |pct| {
+            let mut params = window_params(model, opts, &language, piece.len(), move |pct| {
                 (report.borrow_mut())((base + len * pct as f32 / 100.0) / total)
             });
             let frames = window.start / vad::FRAME..(window.end / vad::FRAME).min(voiced.len());
             let mut tail = TailHook {
-                voiced: voiced[frames].to_vec(),
+                voiced: &voiced[frames],
                 windows: 0,
             };
-            let mut params = params;
             // SAFETY: `tail` lives on this frame until after `state.full`,
             // the only call that reads the pointer.
             unsafe {
                 params.set_start_encoder_callback(Some(skip_silent_tail));
                 params.set_start_encoder_callback_user_data(
-                    &mut tail as *mut TailHook as *mut std::ffi::c_void,
+                    &mut tail as *mut TailHook<'_> as *mut std::ffi::c_void,
                 );
             }
             let result = state.full(params, piece);
@@ -328,59 +327,56 @@ impl Engine {
     }
 }
 
-impl Engine {
-    /// whisper.cpp's parameters for one piece of `samples` speech samples.
-    fn window_params<'a>(
-        &self,
-        model: &Loaded,
-        opts: &TranscribeOptions,
-        language: &'a str,
-        samples: usize,
-        progress: impl FnMut(i32) + 'static,
-    ) -> FullParams<'a, 'static> {
-        let strategy = if opts.beam_size > 1 {
-            SamplingStrategy::BeamSearch {
-                beam_size: opts.beam_size,
-                patience: -1.0,
-            }
-        } else {
-            SamplingStrategy::Greedy { best_of: 1 }
-        };
-        let mut params = FullParams::new(strategy);
-        params.set_n_threads(opts.threads.max(1));
-        if opts.fit_audio_ctx {
-            let ctx = fitted_audio_ctx(samples, model.ctx.model_n_audio_ctx());
-            if ctx > 0 {
-                params.set_audio_ctx(ctx);
-            }
+/// whisper.cpp's parameters for one piece of `samples` speech samples.
+fn window_params<'a>(
+    model: &Loaded,
+    opts: &TranscribeOptions,
+    language: &'a str,
+    samples: usize,
+    progress: impl FnMut(i32) + 'static,
+) -> FullParams<'a, 'static> {
+    let strategy = if opts.beam_size > 1 {
+        SamplingStrategy::BeamSearch {
+            beam_size: opts.beam_size,
+            patience: -1.0,
         }
-        params.set_language(Some(language));
-        params.set_token_timestamps(true);
-        if let Some(prompt) = opts.prompt.as_deref().filter(|p| !p.trim().is_empty()) {
-            params.set_initial_prompt(prompt);
+    } else {
+        SamplingStrategy::Greedy { best_of: 1 }
+    };
+    let mut params = FullParams::new(strategy);
+    params.set_n_threads(opts.threads.max(1));
+    if opts.fit_audio_ctx {
+        let ctx = fitted_audio_ctx(samples, model.ctx.model_n_audio_ctx());
+        if ctx > 0 {
+            params.set_audio_ctx(ctx);
         }
-        // Each 30 s window decodes on its own: conditioning on the previous
-        // text is what lets one hallucination repeat for minutes.
-        params.set_no_context(true);
-        params.set_suppress_blank(true);
-        params.set_print_progress(false);
-        params.set_print_realtime(false);
-        params.set_print_special(false);
-        params.set_print_timestamps(false);
-        params.set_progress_callback_safe(progress);
-        if let Some(cancel) = &opts.cancel {
-            // whisper-rs 0.16's set_abort_callback_safe calls the closure
-            // through the wrong type (it aborted encoding at random here), so
-            // hand whisper.cpp the flag itself.
-            // SAFETY: `cancel` is borrowed from `opts`, which outlives every
-            // `state.full` call these parameters are given to.
-            unsafe {
-                params.set_abort_callback(Some(abort_if_set));
-                params.set_abort_callback_user_data(Arc::as_ptr(cancel) as *mut std::ffi::c_void);
-            }
-        }
-        params
     }
+    params.set_language(Some(language));
+    params.set_token_timestamps(true);
+    if let Some(prompt) = opts.prompt.as_deref().filter(|p| !p.trim().is_empty()) {
+        params.set_initial_prompt(prompt);
+    }
+    // Each 30 s window decodes on its own: conditioning on the previous
+    // text is what lets one hallucination repeat for minutes.
+    params.set_no_context(true);
+    params.set_suppress_blank(true);
+    params.set_print_progress(false);
+    params.set_print_realtime(false);
+    params.set_print_special(false);
+    params.set_print_timestamps(false);
+    params.set_progress_callback_safe(progress);
+    if let Some(cancel) = &opts.cancel {
+        // whisper-rs 0.16's set_abort_callback_safe calls the closure
+        // through the wrong type (it aborted encoding at random here), so
+        // hand whisper.cpp the flag itself.
+        // SAFETY: `cancel` is borrowed from `opts`, which outlives every
+        // `state.full` call these parameters are given to.
+        unsafe {
+            params.set_abort_callback(Some(abort_if_set));
+            params.set_abort_callback_user_data(Arc::as_ptr(cancel) as *mut std::ffi::c_void);
+        }
+    }
+    params
 }
 
 /// The segments of one decoded piece, with words, guarded against
