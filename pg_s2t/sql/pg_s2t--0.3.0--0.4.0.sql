@@ -3,7 +3,8 @@
 --   COPY and read by range; existing audio is moved into chunks;
 -- - the queue claims fairly across users and notifies only when a worker
 --   may be idle;
--- - an admission runs fewer statements.
+-- - an admission runs fewer statements;
+-- - single-column rules on the hot tables become domains.
 -- Until 0.4.0 is released this script is edited by hand to match
 -- pg_s2t/src/sql/; tests/tests/upgrade.rs compares the result with a fresh
 -- install.
@@ -173,7 +174,7 @@ BEGIN
             PERFORM pg_notify('s2t_jobs', v_next::text);
         END IF;
         RETURN QUERY
-        SELECT v_job.id, v_job.recording_id, v_job.attempts, v_job.lease_token, v_job.visible_at,
+        SELECT v_job.id, v_job.recording_id, v_job.attempts::int, v_job.lease_token, v_job.visible_at,
                v_rec.user_id, v_rec.language, v_rec.audio_uri, v_rec.meta, least(v_cap * 1000, 2147483647)::int;
         RETURN;
     END LOOP;
@@ -636,3 +637,140 @@ BEGIN
 END
 $$;
 -- == end admission ==
+
+-- == column rules as domains ==
+-- The single-column CHECKs of user_subscriptions, recordings and jobs become
+-- domains, whose rule PostgreSQL parses once per session instead of in every
+-- statement that writes a row (see tables.sql). Changing the type rewrites
+-- these three tables (metadata only: audio, segments and chunks are
+-- untouched) and checks every row against the rule. Triggers whose WHEN
+-- reads a changed column are dropped around the change and recreated as
+-- they were.
+CREATE DOMAIN nonnegative_int AS int CHECK (VALUE >= 0);
+COMMENT ON DOMAIN nonnegative_int IS 'An int that is 0 or more (counts, seconds, milliseconds).';
+CREATE DOMAIN positive_int AS int CHECK (VALUE >= 1);
+COMMENT ON DOMAIN positive_int IS 'An int that is 1 or more.';
+CREATE DOMAIN recording_source AS text CHECK (VALUE IN ('realtime', 'upload'));
+COMMENT ON DOMAIN recording_source IS 'Where a recording''s audio comes from: realtime (streamed) or upload (a file).';
+CREATE DOMAIN recording_status AS text CHECK (VALUE IN ('processing', 'done', 'failed'));
+COMMENT ON DOMAIN recording_status IS 'A recording''s state: processing -> done | failed.';
+CREATE DOMAIN job_state AS text CHECK (VALUE IN ('queued', 'running', 'done', 'failed'));
+COMMENT ON DOMAIN job_state IS 'A job''s state: queued -> running -> done | failed (or back to queued for a retry).';
+
+DROP TRIGGER release_reservation ON recordings;
+DROP TRIGGER release_reservation_on_delete ON recordings;
+DROP TRIGGER enqueue_upload ON recordings;
+DROP TRIGGER notify_recording_event ON recordings;
+
+ALTER TABLE user_subscriptions
+    DROP CONSTRAINT user_subscriptions_usage_count_check,
+    DROP CONSTRAINT user_subscriptions_used_seconds_check,
+    DROP CONSTRAINT user_subscriptions_reserved_seconds_check,
+    ALTER COLUMN usage_count TYPE nonnegative_int,
+    ALTER COLUMN used_seconds TYPE nonnegative_int,
+    ALTER COLUMN reserved_seconds TYPE nonnegative_int;
+ALTER TABLE recordings
+    DROP CONSTRAINT recordings_source_check,
+    DROP CONSTRAINT recordings_status_check,
+    DROP CONSTRAINT recordings_duration_ms_check,
+    DROP CONSTRAINT recordings_billed_seconds_check,
+    DROP CONSTRAINT recordings_reserved_seconds_check,
+    DROP CONSTRAINT recordings_expected_ms_check,
+    ALTER COLUMN source TYPE recording_source,
+    ALTER COLUMN status TYPE recording_status,
+    ALTER COLUMN duration_ms TYPE nonnegative_int,
+    ALTER COLUMN billed_seconds TYPE nonnegative_int,
+    ALTER COLUMN reserved_seconds TYPE nonnegative_int,
+    ALTER COLUMN expected_ms TYPE nonnegative_int;
+ALTER TABLE jobs
+    DROP CONSTRAINT jobs_state_check,
+    DROP CONSTRAINT jobs_attempts_check,
+    DROP CONSTRAINT jobs_max_attempts_check,
+    ALTER COLUMN state TYPE job_state,
+    ALTER COLUMN attempts TYPE nonnegative_int,
+    ALTER COLUMN max_attempts TYPE positive_int;
+
+CREATE TRIGGER enqueue_upload
+    AFTER INSERT ON recordings FOR EACH ROW WHEN (NEW.source = 'upload')
+    EXECUTE FUNCTION trg_enqueue_upload();
+CREATE TRIGGER notify_recording_event
+    AFTER UPDATE ON recordings FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.meta -> 'progress' IS DISTINCT FROM NEW.meta -> 'progress')
+    EXECUTE FUNCTION trg_notify_recording_event();
+CREATE TRIGGER release_reservation
+    AFTER UPDATE OF status ON recordings FOR EACH ROW
+    WHEN (OLD.status = 'processing' AND NEW.status <> 'processing' AND OLD.reserved_seconds > 0)
+    EXECUTE FUNCTION trg_release_reservation();
+CREATE TRIGGER release_reservation_on_delete
+    AFTER DELETE ON recordings FOR EACH ROW
+    WHEN (OLD.status = 'processing' AND OLD.reserved_seconds > 0)
+    EXECUTE FUNCTION trg_release_reservation();
+-- Functions that return these columns through RETURN QUERY, which wants
+-- the declared types exactly.
+CREATE OR REPLACE FUNCTION admin_list_users(in_search text DEFAULT NULL, in_limit int DEFAULT 50, in_offset int DEFAULT 0)
+RETURNS TABLE (
+    id uuid, email text, user_name text, role text, status text, created_at timestamptz,
+    plan_code text, usage_count int, used_seconds int, reserved_seconds int, cycle_end timestamptz
+)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM _assert_admin();
+    IF in_limit IS NULL OR in_limit NOT BETWEEN 1 AND 500 OR in_offset IS NULL OR in_offset < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'limit must be 1 to 500 and offset at least 0', DETAIL = 'field: limit';
+    END IF;
+    RETURN QUERY
+    SELECT u.id, u.email, u.user_name, u.role, u.status, u.created_at,
+           p.code, s.usage_count::int, s.used_seconds::int, s.reserved_seconds::int, s.cycle_end
+      FROM users u
+      LEFT JOIN user_subscriptions s ON s.user_id = u.id
+      LEFT JOIN plans p ON p.id = s.plan_id
+     WHERE in_search IS NULL
+        OR strpos(u.email, lower(in_search)) > 0 OR strpos(lower(u.user_name), lower(in_search)) > 0
+     ORDER BY u.created_at, u.id
+     LIMIT in_limit OFFSET in_offset;
+END
+$$;
+CREATE OR REPLACE FUNCTION sp_get_user_stats(in_user_id uuid)
+RETURNS TABLE (
+    total_recordings bigint, total_duration_minutes numeric, total_segments bigint,
+    current_cycle_usage int, current_cycle_seconds int,
+    quota_usage_percent numeric, quota_minutes_percent numeric,
+    plan_code text, monthly_usage_limit int, monthly_minutes int,
+    cycle_start timestamptz, cycle_end timestamptz
+)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sub user_subscriptions%ROWTYPE;
+    v_plan plans%ROWTYPE;
+    v_cycle record;
+BEGIN
+    PERFORM _assert_may_act_for(in_user_id);
+    SELECT * INTO v_sub FROM user_subscriptions WHERE user_id = in_user_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('user %s not found', in_user_id);
+    END IF;
+    -- A finished cycle reads as the new, empty one (this function only reads).
+    IF v_sub.cycle_end <= now() THEN
+        SELECT * INTO v_cycle FROM _current_cycle();
+        v_sub.cycle_start := v_cycle.cycle_start;
+        v_sub.cycle_end := v_cycle.cycle_end;
+        v_sub.usage_count := 0;
+        v_sub.used_seconds := 0;
+    END IF;
+    SELECT * INTO v_plan FROM plans WHERE id = v_sub.plan_id;
+    RETURN QUERY
+    SELECT r.n, round(r.ms / 60000.0, 2), (SELECT count(*) FROM segments s JOIN recordings r2 ON r2.id = s.recording_id
+                                          WHERE r2.user_id = in_user_id),
+           v_sub.usage_count::int, v_sub.used_seconds::int,
+           CASE WHEN v_plan.monthly_usage_limit > 0
+                THEN round(v_sub.usage_count * 100.0 / v_plan.monthly_usage_limit, 2) ELSE 0 END,
+           CASE WHEN v_plan.monthly_minutes > 0
+                THEN round(v_sub.used_seconds * 100.0 / (v_plan.monthly_minutes * 60), 2) ELSE 0 END,
+           v_plan.code, v_plan.monthly_usage_limit, v_plan.monthly_minutes,
+           v_sub.cycle_start, v_sub.cycle_end
+    FROM (SELECT count(*) AS n, coalesce(sum(duration_ms), 0) AS ms FROM recordings WHERE user_id = in_user_id) r;
+END
+$$;
+-- == end column rules as domains ==

@@ -447,3 +447,61 @@ async fn cleanup_deletes_old_finished_recordings_in_batches_with_exact_counts() 
         );
     }
 }
+
+/// The single-column rules live in domains (cached per session) rather than
+/// table CHECKs: they must still refuse bad values on every write path, even
+/// for the superuser, with 23514 and the row unchanged.
+#[tokio::test]
+async fn column_rules_refuse_bad_values_even_for_the_owner() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "rules").await;
+    let rec = new_recording(&db.admin, user, "upload").await;
+    let writes = [
+        ("UPDATE s2t.recordings SET status = 'paused' WHERE id = $1", "recording_status"),
+        ("UPDATE s2t.recordings SET source = 'tape' WHERE id = $1", "recording_source"),
+        ("UPDATE s2t.recordings SET duration_ms = -1 WHERE id = $1", "nonnegative_int"),
+        ("UPDATE s2t.recordings SET billed_seconds = billed_seconds - 1 WHERE id = $1", "nonnegative_int"),
+        ("UPDATE s2t.recordings SET expected_ms = -5 WHERE id = $1", "nonnegative_int"),
+        ("UPDATE s2t.jobs SET state = 'lost' WHERE recording_id = $1", "job_state"),
+        ("UPDATE s2t.jobs SET max_attempts = 0 WHERE recording_id = $1", "positive_int"),
+        ("UPDATE s2t.jobs SET attempts = -1 WHERE recording_id = $1", "nonnegative_int"),
+        (
+            "UPDATE s2t.user_subscriptions s SET usage_count = -1 FROM s2t.recordings r WHERE r.id = $1 AND s.user_id = r.user_id",
+            "nonnegative_int",
+        ),
+        (
+            "UPDATE s2t.user_subscriptions s SET reserved_seconds = s.reserved_seconds - 1000000 FROM s2t.recordings r WHERE r.id = $1 AND s.user_id = r.user_id",
+            "nonnegative_int",
+        ),
+    ];
+    for (sql, domain) in writes {
+        let (message, _, _) = expect_code(db.admin.execute(sql, &[&rec]).await, "23514");
+        assert!(message.contains(domain), "{sql}: {message}");
+    }
+    // A rule over two columns is still a table CHECK.
+    expect_code(
+        db.admin
+            .execute(
+                "UPDATE s2t.recordings SET status = 'failed', failure_reason = NULL WHERE id = $1",
+                &[&rec],
+            )
+            .await,
+        "23514",
+    );
+    let row = db
+        .admin
+        .query_one(
+            "SELECT r.status, r.source, r.duration_ms, j.state, j.max_attempts, s.usage_count
+               FROM s2t.recordings r JOIN s2t.jobs j ON j.recording_id = r.id
+               JOIN s2t.user_subscriptions s ON s.user_id = r.user_id WHERE r.id = $1",
+            &[&rec],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "processing");
+    assert_eq!(row.get::<_, String>(1), "upload");
+    assert_eq!(row.get::<_, Option<i32>>(2), Some(0));
+    assert_eq!(row.get::<_, String>(3), "queued");
+    assert_eq!(row.get::<_, i32>(4), 5);
+    assert_eq!(row.get::<_, i32>(5), 1);
+}

@@ -1,8 +1,8 @@
 //! Upgrades: a database created at 0.1.0 and updated with `ALTER EXTENSION
 //! pg_s2t UPDATE` must end with exactly the catalog of a fresh install of
 //! the current version: functions (with security, settings, body and
-//! privileges), columns, relations, indexes, policies, triggers, constraints,
-//! comments and seed data. Privileges compare as sets (grant order differs).
+//! privileges), columns, relations, domains, indexes, policies, triggers,
+//! constraints, comments and seed data. Privileges compare as sets (grant order differs).
 
 use s2t_tests::*;
 
@@ -42,6 +42,11 @@ SELECT kind, name, def FROM (
   UNION ALL
   SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
     FROM pg_constraint WHERE connamespace = 's2t'::regnamespace
+  UNION ALL
+  SELECT 'type', t.typname,
+         concat_ws(' | ', t.typtype, format_type(t.typbasetype, t.typtypmod), t.typnotnull,
+                   obj_description(t.oid, 'pg_type'))
+    FROM pg_type t WHERE t.typnamespace = 's2t'::regnamespace AND t.typtype IN ('d', 'e')
   UNION ALL
   SELECT 'plan', code, concat_ws(' | ', name, description, plan_type, plan_cost, monthly_minutes, monthly_usage_limit)
     FROM s2t.plans

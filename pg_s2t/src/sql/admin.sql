@@ -55,7 +55,7 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT u.id, u.email, u.user_name, u.role, u.status, u.created_at,
-           p.code, s.usage_count, s.used_seconds, s.reserved_seconds, s.cycle_end
+           p.code, s.usage_count::int, s.used_seconds::int, s.reserved_seconds::int, s.cycle_end
       FROM users u
       LEFT JOIN user_subscriptions s ON s.user_id = u.id
       LEFT JOIN plans p ON p.id = s.plan_id

@@ -133,7 +133,7 @@ BEGIN
     RETURN QUERY
     SELECT r.n, round(r.ms / 60000.0, 2), (SELECT count(*) FROM segments s JOIN recordings r2 ON r2.id = s.recording_id
                                           WHERE r2.user_id = in_user_id),
-           v_sub.usage_count, v_sub.used_seconds,
+           v_sub.usage_count::int, v_sub.used_seconds::int,
            CASE WHEN v_plan.monthly_usage_limit > 0
                 THEN round(v_sub.usage_count * 100.0 / v_plan.monthly_usage_limit, 2) ELSE 0 END,
            CASE WHEN v_plan.monthly_minutes > 0

@@ -238,7 +238,7 @@ BEGIN
             PERFORM pg_notify('s2t_jobs', v_next::text);
         END IF;
         RETURN QUERY
-        SELECT v_job.id, v_job.recording_id, v_job.attempts, v_job.lease_token, v_job.visible_at,
+        SELECT v_job.id, v_job.recording_id, v_job.attempts::int, v_job.lease_token, v_job.visible_at,
                v_rec.user_id, v_rec.language, v_rec.audio_uri, v_rec.meta, least(v_cap * 1000, 2147483647)::int;
         RETURN;
     END LOOP;

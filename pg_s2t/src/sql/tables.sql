@@ -21,6 +21,24 @@ COMMENT ON ROLE s2t_app IS 'pg_s2t: the application (gateway) role; sees only th
 COMMENT ON ROLE s2t_definer IS 'pg_s2t: owns the tables and the definer-rights functions, so they run with no more than the data model''s rights; no one logs in as it';
 COMMENT ON ROLE s2t_worker IS 'pg_s2t: transcription workers; may claim and complete jobs and run maintenance';
 
+-- Column rules on the hot tables are domains, not table CHECKs. PostgreSQL
+-- reparses and plans a table's CHECK expressions in every statement that
+-- writes a row, while a domain's rule is parsed once per session (type
+-- cache). Admission writes user_subscriptions and recordings, and an upload
+-- also jobs. With these rules as domains, CPU-bound realtime admissions ran
+-- 10 % faster than with the same rules as CHECKs (README, make bench). Rules
+-- over two columns stay CHECKs.
+CREATE DOMAIN nonnegative_int AS int CHECK (VALUE >= 0);
+COMMENT ON DOMAIN nonnegative_int IS 'An int that is 0 or more (counts, seconds, milliseconds).';
+CREATE DOMAIN positive_int AS int CHECK (VALUE >= 1);
+COMMENT ON DOMAIN positive_int IS 'An int that is 1 or more.';
+CREATE DOMAIN recording_source AS text CHECK (VALUE IN ('realtime', 'upload'));
+COMMENT ON DOMAIN recording_source IS 'Where a recording''s audio comes from: realtime (streamed) or upload (a file).';
+CREATE DOMAIN recording_status AS text CHECK (VALUE IN ('processing', 'done', 'failed'));
+COMMENT ON DOMAIN recording_status IS 'A recording''s state: processing -> done | failed.';
+CREATE DOMAIN job_state AS text CHECK (VALUE IN ('queued', 'running', 'done', 'failed'));
+COMMENT ON DOMAIN job_state IS 'A job''s state: queued -> running -> done | failed (or back to queued for a retry).';
+
 CREATE TABLE users (
     id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     email         text UNIQUE NOT NULL,
@@ -68,9 +86,9 @@ CREATE TABLE user_subscriptions (
     plan_id      uuid NOT NULL REFERENCES plans (id),
     cycle_start  timestamptz NOT NULL DEFAULT date_trunc('month', now(), 'UTC'),
     cycle_end    timestamptz NOT NULL DEFAULT date_add(date_trunc('month', now(), 'UTC'), interval '1 month', 'UTC'),
-    usage_count  int NOT NULL DEFAULT 0 CHECK (usage_count >= 0),
-    used_seconds int NOT NULL DEFAULT 0 CHECK (used_seconds >= 0),
-    reserved_seconds int NOT NULL DEFAULT 0 CHECK (reserved_seconds >= 0),
+    usage_count  nonnegative_int NOT NULL DEFAULT 0,
+    used_seconds nonnegative_int NOT NULL DEFAULT 0,
+    reserved_seconds nonnegative_int NOT NULL DEFAULT 0,
     CONSTRAINT unique_user_subscription UNIQUE (user_id),
     CONSTRAINT cycle_is_forward CHECK (cycle_end > cycle_start)
 ) WITH (fillfactor = 20);
@@ -84,18 +102,18 @@ COMMENT ON TABLE user_subscriptions IS 'One subscription per user. Cycles are ca
 CREATE TABLE recordings (
     id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     user_id        uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    source         text NOT NULL CHECK (source IN ('realtime', 'upload')),
+    source         recording_source NOT NULL,
     language       text DEFAULT 'vi',
-    status         text NOT NULL DEFAULT 'processing' CHECK (status IN ('processing', 'done', 'failed')),
-    duration_ms    int DEFAULT 0 CHECK (duration_ms >= 0),
+    status         recording_status NOT NULL DEFAULT 'processing',
+    duration_ms    nonnegative_int DEFAULT 0,
     created_at     timestamptz NOT NULL DEFAULT now(),
     completed_at   timestamptz,
     meta           jsonb DEFAULT '{}'::jsonb,
     failure_reason text,
     audio_uri      text,
-    billed_seconds int NOT NULL DEFAULT 0 CHECK (billed_seconds >= 0),
-    reserved_seconds int NOT NULL DEFAULT 0 CHECK (reserved_seconds >= 0),
-    expected_ms    int CHECK (expected_ms >= 0),
+    billed_seconds nonnegative_int NOT NULL DEFAULT 0,
+    reserved_seconds nonnegative_int NOT NULL DEFAULT 0,
+    expected_ms    nonnegative_int,
     CONSTRAINT failure_has_reason CHECK (status <> 'failed' OR failure_reason IS NOT NULL)
 );
 COMMENT ON TABLE recordings IS 'A transcription of one upload or one realtime session. status: processing -> done | failed.';
@@ -200,9 +218,9 @@ CREATE TRIGGER chunk_owner
 CREATE TABLE jobs (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     recording_id uuid NOT NULL UNIQUE REFERENCES recordings (id) ON DELETE CASCADE,
-    state        text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'done', 'failed')),
-    attempts     int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    max_attempts int NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
+    state        job_state NOT NULL DEFAULT 'queued',
+    attempts     nonnegative_int NOT NULL DEFAULT 0,
+    max_attempts positive_int NOT NULL DEFAULT 5,
     visible_at   timestamptz NOT NULL DEFAULT now(),
     lease_token  uuid,
     locked_by    text,
