@@ -60,10 +60,11 @@ extension_sql_file!(
 );
 extension_sql_file!("sql/auth.sql", name = "auth", requires = ["maintenance"]);
 extension_sql_file!("sql/audio.sql", name = "audio", requires = ["auth"]);
+extension_sql_file!("sql/realtime.sql", name = "realtime", requires = ["audio"]);
 extension_sql_file!(
     "sql/admin.sql",
     name = "admin",
-    requires = ["audio", billing::billing_signature_problem]
+    requires = ["realtime", billing::billing_signature_problem]
 );
 extension_sql_file!(
     "sql/security.sql",

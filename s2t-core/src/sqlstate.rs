@@ -18,6 +18,10 @@ pub const INVALID_INPUT: &str = "S2V01";
 /// A unique value (email, user name) is already taken.
 pub const CONFLICT: &str = "S2C01";
 
+/// No worker has room for a realtime session; retry later (the detail
+/// says `retry_after: <seconds>`).
+pub const BUSY: &str = "S2B01";
+
 /// Every code with its name and the HTTP status a gateway should answer.
 pub const ALL: &[(&str, &str, u16)] = &[
     (QUOTA_USAGE_EXCEEDED, "quota_usage_exceeded", 429),
@@ -26,6 +30,7 @@ pub const ALL: &[(&str, &str, u16)] = &[
     (INVALID_STATE, "invalid_state", 409),
     (INVALID_INPUT, "invalid_input", 422),
     (CONFLICT, "conflict", 409),
+    (BUSY, "busy", 503),
 ];
 
 /// The HTTP status for one of our SQLSTATEs, if it is one.

@@ -341,9 +341,11 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
             "check_quota_and_create_recording",
             "create_api_key",
             "issue_refresh_token",
+            "open_realtime_session",
             "queue_stats",
             "read_audio",
             "register_user",
+            "resume_realtime_session",
             "revoke_refresh_token",
             "rotate_refresh_token",
             "seal_audio",
@@ -356,16 +358,21 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
     assert_eq!(
         callable(&db, "s2t_worker").await,
         [
+            "add_realtime_final",
             "append_audio",
             "claim_job",
             "complete_job",
             "complete_recording",
+            "end_realtime_session",
+            "extend_realtime_grant",
             "fail_job",
             "fail_recording",
             "heartbeat_job",
+            "heartbeat_worker",
             "purge_refresh_tokens",
             "queue_stats",
             "read_audio",
+            "register_worker",
             "release_job",
             "reset_monthly_cycles",
             "seal_audio",
@@ -373,6 +380,8 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
             "sp_cleanup_old_recordings",
             "sp_complete_recording",
             "sp_reset_monthly_cycles",
+            "take_realtime_session",
+            "unregister_worker",
         ]
     );
     assert_eq!(
