@@ -8,11 +8,14 @@
 //! - [`validate`]: input checks for users and transcript segments.
 //! - [`queue`]: job-queue policy (retry backoff).
 //! - [`text`]: text folding for accent-insensitive lexical search.
+//! - [`realtime`]: the realtime WebSocket protocol: messages, frame
+//!   decoding, pacing and close codes.
 //! - [`billing`]: signatures of billing events (HMAC-SHA256 with a time).
 
 pub mod billing;
 pub mod problem;
 pub mod queue;
+pub mod realtime;
 pub mod sqlstate;
 pub mod text;
 pub mod validate;

@@ -12,6 +12,8 @@
 //! - [`faults`]: which failures are retried, and lease timing.
 //! - [`audio_path`]: `file://` audio confined to a root.
 //! - [`pgtls`]: `sslmode` for every connection.
+//! - [`realtime`]: the streaming policy and decode scheduling of realtime
+//!   sessions.
 //! - [`model`]: converting the packaged CTranslate2 Whisper models to
 //!   whisper.cpp's ggml format (`s2t-worker convert-model`).
 
@@ -25,6 +27,7 @@ pub mod jobs;
 pub mod lease;
 pub mod model;
 pub use s2t_pg as pgtls;
+pub mod realtime;
 pub mod runner;
 
 /// The queue channel the extension NOTIFYs when a job becomes claimable.

@@ -1,0 +1,506 @@
+//! The streaming policy of a realtime session, free of I/O and of the
+//! model: when to decode, what of a hypothesis is final, what is partial,
+//! and how much audio can be dropped from the buffer.
+//!
+//! The session feeds it one VAD decision per 30 ms frame of 16 kHz audio.
+//! While speech goes on it asks for a partial decode about every
+//! [`PolicySettings::partial_every_ms`] of speech; at the end of speech
+//! (a pause of [`PolicySettings::end_of_speech_ms`]) it asks for a final
+//! decode of the whole utterance. An utterance that reaches
+//! [`PolicySettings::max_utterance_ms`] without a pause is committed up to
+//! what two consecutive hypotheses agree on (LocalAgreement-2), so the
+//! buffer, and with it the cost of each decode, stays bounded however long
+//! someone speaks. Committed audio is trimmed from the buffer; leading
+//! silence is never kept.
+
+/// A word on the session's timeline (ms since the session's first sample).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    pub text: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub probability: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySettings {
+    /// Speech between partial decodes.
+    pub partial_every_ms: i64,
+    /// A pause this long ends the utterance.
+    pub end_of_speech_ms: i64,
+    /// The longest utterance decoded as one.
+    pub max_utterance_ms: i64,
+    /// Silence kept before speech (so the first word is not clipped).
+    pub lead_in_ms: i64,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            partial_every_ms: 700,
+            end_of_speech_ms: 480,
+            max_utterance_ms: 12_000,
+            lead_in_ms: 240,
+        }
+    }
+}
+
+/// What the session should do after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// Decode the buffer for a partial.
+    Partial,
+    /// Decode the buffer and commit: at the end of speech (`end_of_speech`)
+    /// all of it, at the length limit what is stable.
+    Final {
+        end_of_speech: bool,
+    },
+    /// Drop this many ms of silence from the front of the buffer.
+    DropSilence(i64),
+}
+
+/// What to do with one hypothesis.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outcome {
+    /// Words to commit as a final (empty: nothing to commit).
+    pub commit: Vec<Word>,
+    /// Words to show as the partial (the stable prefix first).
+    pub partial: Vec<Word>,
+    /// How many of `partial`'s words two hypotheses agreed on.
+    pub stable: usize,
+    /// Ms to drop from the front of the buffer.
+    pub trim_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct StreamPolicy {
+    settings: PolicySettings,
+    frame_ms: i64,
+    /// Session time at which the buffer starts.
+    buffer_start_ms: i64,
+    /// Ms of audio in the buffer.
+    buffered_ms: i64,
+    speech_seen: bool,
+    silence_run_ms: i64,
+    speech_since_decode_ms: i64,
+    /// The previous hypothesis' words not yet committed.
+    previous: Vec<Word>,
+}
+
+/// Words compared for agreement: case and punctuation do not matter.
+fn key(word: &str) -> String {
+    word.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// How many leading words two hypotheses share.
+pub fn agreed_prefix(a: &[Word], b: &[Word]) -> usize {
+    a.iter()
+        .zip(b)
+        .take_while(|(x, y)| key(&x.text) == key(&y.text))
+        .count()
+}
+
+/// Cut a tail that repeats one phrase (1 to 4 words) three or more times,
+/// keeping its first occurrence: the decoder looping on an utterance.
+pub fn cut_repetition(words: &mut Vec<Word>) {
+    let keys: Vec<String> = words.iter().map(|w| key(&w.text)).collect();
+    for n in 1..=4usize {
+        for start in 0..keys.len() {
+            let mut reps = 1;
+            while start + (reps + 1) * n <= keys.len()
+                && keys[start + reps * n..start + (reps + 1) * n] == keys[start..start + n]
+            {
+                reps += 1;
+            }
+            if reps >= 3 && keys[start..start + n].iter().any(|k| !k.is_empty()) {
+                words.truncate(start + n);
+                return;
+            }
+        }
+    }
+}
+
+impl StreamPolicy {
+    pub fn new(settings: PolicySettings, frame_ms: i64) -> StreamPolicy {
+        StreamPolicy {
+            settings,
+            frame_ms,
+            buffer_start_ms: 0,
+            buffered_ms: 0,
+            speech_seen: false,
+            silence_run_ms: 0,
+            speech_since_decode_ms: 0,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Start the timeline at `ms` (a resumed session continues there).
+    pub fn starting_at(mut self, ms: i64) -> StreamPolicy {
+        self.buffer_start_ms = ms;
+        self
+    }
+
+    pub fn buffer_start_ms(&self) -> i64 {
+        self.buffer_start_ms
+    }
+
+    pub fn buffered_ms(&self) -> i64 {
+        self.buffered_ms
+    }
+
+    /// Whether the buffer holds speech not yet committed.
+    pub fn has_speech(&self) -> bool {
+        self.speech_seen
+    }
+
+    /// One more frame, voiced or not.
+    pub fn on_frame(&mut self, voiced: bool) -> Action {
+        let s = self.settings;
+        self.buffered_ms += self.frame_ms;
+        if voiced {
+            self.speech_seen = true;
+            self.silence_run_ms = 0;
+            self.speech_since_decode_ms += self.frame_ms;
+        } else {
+            self.silence_run_ms += self.frame_ms;
+        }
+        if !self.speech_seen {
+            // Only silence so far: keep a lead-in, drop the rest.
+            let extra = self.buffered_ms - s.lead_in_ms;
+            return if extra >= s.lead_in_ms {
+                Action::DropSilence(extra)
+            } else {
+                Action::Nothing
+            };
+        }
+        if self.silence_run_ms >= s.end_of_speech_ms {
+            return Action::Final {
+                end_of_speech: true,
+            };
+        }
+        if self.buffered_ms >= s.max_utterance_ms {
+            return Action::Final {
+                end_of_speech: false,
+            };
+        }
+        if voiced && self.speech_since_decode_ms >= s.partial_every_ms {
+            return Action::Partial;
+        }
+        Action::Nothing
+    }
+
+    /// The session dropped `ms` from the front of the buffer.
+    pub fn dropped(&mut self, ms: i64) {
+        let ms = ms.clamp(0, self.buffered_ms);
+        self.buffer_start_ms += ms;
+        self.buffered_ms -= ms;
+    }
+
+    /// A decode of the whole buffer was asked for with `action` and came
+    /// back with `words` (session timeline). Returns what to send and
+    /// commit; the caller then drops `trim_ms` (already accounted here).
+    pub fn on_hypothesis(&mut self, action: Action, mut words: Vec<Word>) -> Outcome {
+        cut_repetition(&mut words);
+        self.speech_since_decode_ms = 0;
+        let outcome = match action {
+            Action::Final {
+                end_of_speech: true,
+            } => Outcome {
+                commit: words,
+                trim_ms: self.buffered_ms,
+                ..Outcome::default()
+            },
+            Action::Final {
+                end_of_speech: false,
+            } => {
+                let mut agreed = agreed_prefix(&self.previous, &words);
+                if agreed == 0 && words.len() > 1 {
+                    // Nothing stable after a whole utterance: commit all
+                    // but the last word, which may still be growing.
+                    agreed = words.len() - 1;
+                }
+                let rest = words.split_off(agreed.min(words.len()));
+                let trim_ms = match words.last() {
+                    Some(last) => (last.end_ms - self.buffer_start_ms).clamp(0, self.buffered_ms),
+                    // No words at all in a full buffer: it was not speech.
+                    None => self.buffered_ms,
+                };
+                Outcome {
+                    commit: words,
+                    stable: 0,
+                    partial: rest,
+                    trim_ms,
+                }
+            }
+            _ => {
+                let stable = agreed_prefix(&self.previous, &words);
+                Outcome {
+                    commit: Vec::new(),
+                    stable,
+                    partial: words,
+                    trim_ms: 0,
+                }
+            }
+        };
+        self.previous = outcome.partial.clone();
+        if outcome.trim_ms > 0 {
+            self.dropped(outcome.trim_ms);
+        }
+        if matches!(
+            action,
+            Action::Final {
+                end_of_speech: true
+            }
+        ) {
+            self.speech_seen = false;
+            self.silence_run_ms = 0;
+            self.previous.clear();
+        }
+        outcome
+    }
+}
+
+/// A decode waiting for the pool.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pending {
+    pub session: u64,
+    pub is_final: bool,
+    /// How far behind real time the session is, in ms.
+    pub lag_ms: i64,
+    /// When it was queued (any monotonic ms).
+    pub queued_ms: i64,
+}
+
+/// The next decode to run: finals first, oldest first (they are never
+/// dropped); then the partial of the session furthest behind. Partials of
+/// sessions more than `shed_ms` behind are shed: returned in the second
+/// value so the caller can drop them (their next final carries the text).
+pub fn pick_next(queue: &[Pending], shed_ms: i64) -> (Option<usize>, Vec<usize>) {
+    let shed: Vec<usize> = queue
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_final && p.lag_ms > shed_ms)
+        .map(|(i, _)| i)
+        .collect();
+    let final_first = queue
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_final)
+        .min_by_key(|(_, p)| p.queued_ms)
+        .map(|(i, _)| i);
+    let next = final_first.or_else(|| {
+        queue
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| !p.is_final && !shed.contains(i))
+            .max_by_key(|(_, p)| (p.lag_ms, -p.queued_ms))
+            .map(|(i, _)| i)
+    });
+    (next, shed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: i64 = 30;
+
+    fn words(text: &str, start_ms: i64) -> Vec<Word> {
+        text.split_whitespace()
+            .enumerate()
+            .map(|(i, w)| Word {
+                text: w.to_string(),
+                start_ms: start_ms + i as i64 * 300,
+                end_ms: start_ms + i as i64 * 300 + 250,
+                probability: 0.9,
+            })
+            .collect()
+    }
+
+    fn texts(w: &[Word]) -> Vec<&str> {
+        w.iter().map(|w| w.text.as_str()).collect()
+    }
+
+    /// Feed a pattern of frames ('#' voiced, '.' silent); the actions in order.
+    fn feed(p: &mut StreamPolicy, pattern: &str) -> Vec<(usize, Action)> {
+        pattern
+            .chars()
+            .enumerate()
+            .filter_map(|(i, c)| match p.on_frame(c == '#') {
+                Action::Nothing => None,
+                Action::DropSilence(ms) => {
+                    p.dropped(ms);
+                    Some((i, Action::DropSilence(ms)))
+                }
+                a => Some((i, a)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn silence_is_dropped_but_a_lead_in_is_kept() {
+        let mut p = StreamPolicy::new(PolicySettings::default(), FRAME);
+        let actions = feed(&mut p, &".".repeat(1000));
+        assert!(actions
+            .iter()
+            .all(|(_, a)| matches!(a, Action::DropSilence(_))));
+        assert!(p.buffered_ms() < 2 * 240, "{}", p.buffered_ms());
+        assert_eq!(p.buffer_start_ms() + p.buffered_ms(), 30_000);
+        assert!(!p.has_speech());
+    }
+
+    #[test]
+    fn partials_come_every_700_ms_of_speech_and_a_pause_ends_the_utterance() {
+        let mut p = StreamPolicy::new(PolicySettings::default(), FRAME);
+        // 3 s of speech, then 0.6 s of silence.
+        let actions = feed(&mut p, &format!("{}{}", "#".repeat(100), ".".repeat(20)));
+        let partials = actions
+            .iter()
+            .filter(|(_, a)| *a == Action::Partial)
+            .count();
+        // Each partial is answered below, so speech_since_decode resets;
+        // without answers one partial is asked per frame after 700 ms.
+        assert!(partials >= 1);
+        let first_final = actions
+            .iter()
+            .find(|(_, a)| {
+                matches!(
+                    a,
+                    Action::Final {
+                        end_of_speech: true
+                    }
+                )
+            })
+            .expect("a final at the pause");
+        assert_eq!(
+            first_final.0,
+            100 + 480 / 30 - 1,
+            "480 ms after the last voiced frame"
+        );
+    }
+
+    #[test]
+    fn local_agreement_keeps_the_stable_prefix_and_a_pause_commits_everything() {
+        let mut p = StreamPolicy::new(PolicySettings::default(), FRAME);
+        feed(&mut p, &"#".repeat(30));
+        let o = p.on_hypothesis(Action::Partial, words("the quick brow", 0));
+        assert_eq!((o.stable, o.commit.len()), (0, 0));
+        assert_eq!(texts(&o.partial), ["the", "quick", "brow"]);
+        let o = p.on_hypothesis(Action::Partial, words("The quick brown fox", 0));
+        assert_eq!(o.stable, 2, "case does not matter, 'brow' became 'brown'");
+        let o = p.on_hypothesis(
+            Action::Final {
+                end_of_speech: true,
+            },
+            words("The quick brown fox jumps.", 0),
+        );
+        assert_eq!(texts(&o.commit), ["The", "quick", "brown", "fox", "jumps."]);
+        assert_eq!(o.trim_ms, 900, "the whole buffer goes");
+        assert_eq!(p.buffered_ms(), 0);
+        assert!(!p.has_speech());
+        // The next utterance starts fresh: nothing agrees with the last one.
+        feed(&mut p, "####");
+        let o = p.on_hypothesis(Action::Partial, words("The quick", 900));
+        assert_eq!(o.stable, 0);
+    }
+
+    #[test]
+    fn a_long_utterance_commits_what_agreed_and_keeps_the_buffer_bounded() {
+        let settings = PolicySettings::default();
+        let mut p = StreamPolicy::new(settings, FRAME);
+        let mut committed = Vec::new();
+        let mut longest = 0;
+        let script = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty twentyone twentytwo twentythree twentyfour twentyfive twentysix twentyseven twentyeight twentynine thirty thirtyone thirtytwo thirtythree thirtyfour thirtyfive thirtysix thirtyseven thirtyeight thirtynine forty";
+        let all: Vec<&str> = script.split(' ').collect();
+        // Five words per 1.5 s of speech; 40 words take 12 s; speak 60 s.
+        for frame in 0..2000 {
+            let action = p.on_frame(true);
+            longest = longest.max(p.buffered_ms());
+            if action == Action::Nothing {
+                continue;
+            }
+            // The hypothesis: the words spoken within the buffer so far,
+            // each word 300 ms long on the session timeline.
+            let now = (frame + 1) * FRAME;
+            let hyp: Vec<Word> = (0..)
+                .map(|i: i64| (i, i * 300))
+                .take_while(|(_, t)| t + 250 <= now)
+                .filter(|(_, t)| *t >= p.buffer_start_ms())
+                .map(|(i, t)| Word {
+                    text: all[i as usize % all.len()].to_string(),
+                    start_ms: t,
+                    end_ms: t + 250,
+                    probability: 0.9,
+                })
+                .collect();
+            let o = p.on_hypothesis(action, hyp);
+            committed.extend(o.commit);
+        }
+        // At most one frame over the limit: the frame that reached it.
+        assert!(longest < settings.max_utterance_ms + FRAME, "{longest}");
+        assert!(committed.len() > 150, "{}", committed.len());
+        // Committed words follow each other with no gap and no repeat.
+        for pair in committed.windows(2) {
+            assert_eq!(pair[1].start_ms, pair[0].start_ms + 300, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn a_looping_hypothesis_is_cut_to_its_first_phrase() {
+        let mut w = words("so the budget budget budget budget is", 0);
+        cut_repetition(&mut w);
+        assert_eq!(texts(&w), ["so", "the", "budget"]);
+        let mut w = words("thank you thank you thank you thank you", 0);
+        cut_repetition(&mut w);
+        assert_eq!(texts(&w), ["thank", "you"]);
+        let mut w = words("a b a b c", 0);
+        cut_repetition(&mut w);
+        assert_eq!(w.len(), 5, "two repeats are speech");
+    }
+
+    #[test]
+    fn finals_go_first_and_partials_far_behind_are_shed() {
+        let q = [
+            Pending {
+                session: 1,
+                is_final: false,
+                lag_ms: 200,
+                queued_ms: 1,
+            },
+            Pending {
+                session: 2,
+                is_final: false,
+                lag_ms: 900,
+                queued_ms: 2,
+            },
+            Pending {
+                session: 3,
+                is_final: true,
+                lag_ms: 0,
+                queued_ms: 5,
+            },
+            Pending {
+                session: 4,
+                is_final: true,
+                lag_ms: 5000,
+                queued_ms: 3,
+            },
+            Pending {
+                session: 5,
+                is_final: false,
+                lag_ms: 4000,
+                queued_ms: 0,
+            },
+        ];
+        let (next, shed) = pick_next(&q, 3000);
+        assert_eq!(next, Some(3), "the oldest final");
+        assert_eq!(shed, [4], "a partial 4 s behind is shed, finals never");
+        let (next, _) = pick_next(&q[..2], 3000);
+        assert_eq!(next, Some(1), "the partial furthest behind");
+        assert_eq!(pick_next(&[], 3000), (None, vec![]));
+    }
+}
