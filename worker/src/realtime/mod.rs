@@ -1,5 +1,8 @@
-//! Realtime sessions: the streaming policy (when to decode, what is final)
-//! and the decode scheduler's choice. The WebSocket server that drives
-//! them is built on these.
+//! Realtime sessions, built up from pure parts:
+//! - [`policy`]: when to decode, what is final, what is partial, and which
+//!   session's decode runs next.
+//! - [`session`]: one session's audio: frames checked and paced, raw bytes
+//!   kept for storage, 16 kHz audio and VAD decisions into the policy.
 
 pub mod policy;
+pub mod session;

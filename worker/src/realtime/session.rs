@@ -1,0 +1,345 @@
+//! The audio side of one realtime session, without I/O and without the
+//! model: binary frames in (checked and paced), the raw bytes kept for
+//! storage, 16 kHz audio for Whisper, one VAD decision per 30 ms, and the
+//! streaming policy's decisions out. The server decodes
+//! [`SessionAudio::window`] when asked and hands the words back to
+//! [`SessionAudio::apply`].
+
+use super::policy::{Action, Outcome, PolicySettings, StreamPolicy, Word};
+use crate::asr::vad::{FRAME, RATE};
+use crate::audio::resample::StreamResampler;
+use s2t_core::realtime::{decode_frame, ErrorCode, Pacing, ProtocolError, Start};
+use webrtc_vad::{SampleRate, Vad, VadMode};
+
+/// webrtc-vad's state, owned by one session.
+struct OwnedVad(Vad);
+
+// SAFETY: a `Vad` is a heap-allocated C struct that only its owner's
+// `&mut self` calls touch; it has no thread affinity, so moving the owner
+// to another thread is sound. It is never shared (not Sync).
+unsafe impl Send for OwnedVad {}
+
+pub struct SessionAudio {
+    start: Start,
+    pacing: Pacing,
+    resampler: Option<StreamResampler>,
+    vad: OwnedVad,
+    /// 16 kHz samples not yet a whole VAD frame.
+    pending: Vec<f32>,
+    /// The 16 kHz audio from the policy's buffer start on.
+    buffer: Vec<f32>,
+    /// Client bytes not yet stored.
+    unsaved: Vec<u8>,
+    policy: StreamPolicy,
+    scratch: Vec<f32>,
+    /// The strongest decode asked for and not yet run.
+    due: Action,
+}
+
+fn ms_to_samples(ms: i64) -> usize {
+    (ms.max(0) as usize) * RATE / 1000
+}
+
+impl SessionAudio {
+    /// A session in `start`'s format; `offset_ms` is where its timeline
+    /// begins (the audio already stored, on resume).
+    pub fn new(
+        start: Start,
+        settings: PolicySettings,
+        offset_ms: i64,
+    ) -> Result<SessionAudio, ProtocolError> {
+        let resampler = StreamResampler::new(start.sample_rate, RATE as u32)
+            .map_err(|e| ProtocolError::new(ErrorCode::UnsupportedFormat, e.to_string()))?;
+        Ok(SessionAudio {
+            pacing: Pacing::new(start.sample_rate),
+            resampler: Some(resampler),
+            vad: OwnedVad(Vad::new_with_rate_and_mode(
+                SampleRate::Rate16kHz,
+                VadMode::Aggressive,
+            )),
+            pending: Vec::new(),
+            buffer: Vec::new(),
+            unsaved: Vec::new(),
+            policy: StreamPolicy::new(settings, (FRAME * 1000 / RATE) as i64)
+                .starting_at(offset_ms),
+            scratch: Vec::new(),
+            due: Action::Nothing,
+            start,
+        })
+    }
+
+    pub fn start(&self) -> &Start {
+        &self.start
+    }
+
+    /// Ms of audio received in this connection.
+    pub fn received_ms(&self) -> u64 {
+        self.pacing.audio_ms()
+    }
+
+    /// One binary frame, `now_ms` after the session began.
+    pub fn on_frame(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), ProtocolError> {
+        self.scratch.clear();
+        decode_frame(self.start.encoding, bytes, &mut self.scratch)?;
+        self.pacing.on_audio(self.scratch.len(), now_ms)?;
+        self.unsaved.extend_from_slice(bytes);
+        let mut out = Vec::with_capacity(self.scratch.len());
+        if let Some(r) = self.resampler.as_mut() {
+            r.push(&self.scratch, &mut out);
+        }
+        self.feed16(&out);
+        Ok(())
+    }
+
+    /// A text message arrived (it keeps the session from going idle).
+    pub fn on_message(&mut self, now_ms: u64) {
+        self.pacing.on_message(now_ms);
+    }
+
+    /// The error to close with if the client went silent.
+    pub fn idle(&self, now_ms: u64) -> Option<ProtocolError> {
+        self.pacing.idle(now_ms)
+    }
+
+    fn feed16(&mut self, samples: &[f32]) {
+        self.pending.extend_from_slice(samples);
+        let whole = self.pending.len() / FRAME * FRAME;
+        let mut pcm = [0i16; FRAME];
+        for f in 0..whole / FRAME {
+            let frame = &self.pending[f * FRAME..(f + 1) * FRAME];
+            for (dst, src) in pcm.iter_mut().zip(frame) {
+                *dst = (src.clamp(-1.0, 1.0) * 32767.0) as i16;
+            }
+            let voiced = self.vad.0.is_voice_segment(&pcm).unwrap_or(false);
+            self.buffer.extend_from_slice(frame);
+            match self.policy.on_frame(voiced) {
+                Action::DropSilence(ms) => self.drop_front(ms),
+                Action::Nothing => {}
+                a => self.due = strongest(self.due, a),
+            }
+        }
+        self.pending.drain(..whole);
+    }
+
+    fn drop_front(&mut self, ms: i64) {
+        let n = ms_to_samples(ms).min(self.buffer.len());
+        self.buffer.drain(..n);
+        self.policy.dropped(n as i64 * 1000 / RATE as i64);
+    }
+
+    /// The decode due now, if any (taking it clears it).
+    pub fn take_due(&mut self) -> Option<Action> {
+        let due = std::mem::replace(&mut self.due, Action::Nothing);
+        match due {
+            Action::Partial if !self.start.interim => None,
+            Action::Nothing | Action::DropSilence(_) => None,
+            a => Some(a),
+        }
+    }
+
+    /// The audio to decode: the buffer, 16 kHz, from [`Self::window_start_ms`].
+    pub fn window(&self) -> &[f32] {
+        &self.buffer
+    }
+
+    pub fn window_start_ms(&self) -> i64 {
+        self.policy.buffer_start_ms()
+    }
+
+    /// The words a decode of [`Self::window`] for `action` gave, with times
+    /// relative to the window; returns what to send and commit (times on
+    /// the session's timeline) and trims the buffer.
+    pub fn apply(&mut self, action: Action, mut words: Vec<Word>) -> Outcome {
+        let base = self.policy.buffer_start_ms();
+        for w in &mut words {
+            w.start_ms += base;
+            w.end_ms += base;
+        }
+        let before = self.policy.buffer_start_ms();
+        let outcome = self.policy.on_hypothesis(action, words);
+        let moved = self.policy.buffer_start_ms() - before;
+        let n = ms_to_samples(moved).min(self.buffer.len());
+        self.buffer.drain(..n);
+        outcome
+    }
+
+    /// The client's bytes not stored yet (whole samples), to store with the
+    /// next final.
+    pub fn take_unsaved(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.unsaved)
+    }
+
+    /// `stop`: the resampler's tail goes in, and a final of whatever speech
+    /// is left is due.
+    pub fn finish(&mut self) -> Option<Action> {
+        if let Some(r) = self.resampler.take() {
+            let mut out = Vec::new();
+            r.finish(&mut out);
+            self.feed16(&out);
+        }
+        let _ = self.take_due();
+        (self.policy.has_speech() && !self.buffer.is_empty()).then_some(Action::Final {
+            end_of_speech: true,
+        })
+    }
+}
+
+/// Of two decodes asked for, the one that must run: a final over a partial.
+fn strongest(a: Action, b: Action) -> Action {
+    match (a, b) {
+        (Action::Final { end_of_speech: x }, Action::Final { end_of_speech: y }) => Action::Final {
+            end_of_speech: x || y,
+        },
+        (f @ Action::Final { .. }, _) | (_, f @ Action::Final { .. }) => f,
+        (Action::Partial, _) | (_, Action::Partial) => Action::Partial,
+        _ => Action::Nothing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2t_core::realtime::{Encoding, StartRequest};
+
+    fn start(rate: u32, encoding: &str, interim: bool) -> Start {
+        StartRequest {
+            language: Some("en".into()),
+            sample_rate: rate,
+            encoding: encoding.into(),
+            prompt: None,
+            interim: Some(interim),
+            resume_token: None,
+            last_idx: None,
+        }
+        .check()
+        .unwrap()
+    }
+
+    /// A 220 Hz tone with a speech-like envelope: webrtc-vad calls it voiced.
+    fn tone(rate: u32, ms: u32) -> Vec<f32> {
+        let n = (rate * ms / 1000) as usize;
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / rate as f32;
+                0.5 * (2.0 * std::f32::consts::PI * 220.0 * t).sin()
+                    * (0.6 + 0.4 * (2.0 * std::f32::consts::PI * 4.0 * t).sin())
+            })
+            .collect()
+    }
+
+    fn s16(samples: &[f32]) -> Vec<u8> {
+        samples
+            .iter()
+            .flat_map(|s| ((s * 32767.0) as i16).to_le_bytes())
+            .collect()
+    }
+
+    /// Stream `samples` in 100 ms frames at real-time pace; the decodes
+    /// asked for, answered with no words.
+    fn stream(s: &mut SessionAudio, samples: &[f32], rate: u32, t0: u64) -> Vec<Action> {
+        let mut asked = Vec::new();
+        for (i, chunk) in samples.chunks(rate as usize / 10).enumerate() {
+            s.on_frame(&s16(chunk), t0 + i as u64 * 100).unwrap();
+            if let Some(a) = s.take_due() {
+                asked.push(a);
+                s.apply(a, Vec::new());
+            }
+        }
+        asked
+    }
+
+    #[test]
+    fn speech_then_a_pause_asks_for_partials_then_a_final_at_48_khz() {
+        let rate = 48_000;
+        let mut s = SessionAudio::new(start(rate, "pcm_s16le", true), PolicySettings::default(), 0)
+            .unwrap();
+        // Silence is dropped as it comes.
+        let asked = stream(&mut s, &vec![0.0; rate as usize * 5], rate, 0);
+        assert!(asked.is_empty());
+        assert!(
+            s.window().len() < RATE,
+            "{} samples kept of 5 s of silence",
+            s.window().len()
+        );
+        let mut audio = tone(rate, 2000);
+        audio.extend(vec![0.0; rate as usize]);
+        let asked = stream(&mut s, &audio, rate, 5000);
+        assert!(asked.contains(&Action::Partial), "{asked:?}");
+        assert_eq!(
+            asked.last(),
+            Some(&Action::Final {
+                end_of_speech: true
+            }),
+            "{asked:?}"
+        );
+        // The raw bytes are kept for storage, whole samples.
+        let raw = s.take_unsaved();
+        assert_eq!(raw.len(), 8 * rate as usize * 2);
+        assert!(s.take_unsaved().is_empty());
+        assert_eq!(s.received_ms(), 8000);
+    }
+
+    #[test]
+    fn without_interim_only_finals_are_asked_and_stop_flushes_the_last_words() {
+        let rate = 16_000;
+        let mut s = SessionAudio::new(
+            start(rate, "pcm_s16le", false),
+            PolicySettings::default(),
+            0,
+        )
+        .unwrap();
+        let asked = stream(&mut s, &tone(rate, 1500), rate, 0);
+        assert!(
+            asked.is_empty(),
+            "no partials, no final before the pause: {asked:?}"
+        );
+        assert!(!s.window().is_empty());
+        assert_eq!(
+            s.finish(),
+            Some(Action::Final {
+                end_of_speech: true
+            })
+        );
+        // The window is on the session timeline: words come back shifted.
+        let start_ms = s.window_start_ms();
+        let o = s.apply(
+            Action::Final {
+                end_of_speech: true,
+            },
+            vec![Word {
+                text: "hum".into(),
+                start_ms: 10,
+                end_ms: 900,
+                probability: 0.8,
+            }],
+        );
+        assert_eq!(o.commit[0].start_ms, start_ms + 10);
+        assert!(
+            s.window().is_empty(),
+            "a final at the end of speech empties the buffer"
+        );
+    }
+
+    #[test]
+    fn bad_frames_and_floods_are_refused_with_their_codes() {
+        let mut s =
+            SessionAudio::new(start(16_000, "f32le", true), PolicySettings::default(), 0).unwrap();
+        assert_eq!(s.start().encoding, Encoding::F32le);
+        assert_eq!(
+            s.on_frame(&[0u8; 6], 0).unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+        assert!(s.take_unsaved().is_empty(), "a refused frame is not kept");
+        // 8 s of audio at once is more than the 5 s burst.
+        let eight = vec![0u8; 16_000 * 4 * 8];
+        let mut err = None;
+        for piece in eight.chunks(200_000) {
+            if let Err(e) = s.on_frame(piece, 10) {
+                err = Some(e.code);
+                break;
+            }
+        }
+        assert_eq!(err, Some(ErrorCode::TooFast));
+        assert_eq!(s.idle(40_000).map(|e| e.code), Some(ErrorCode::IdleTimeout));
+    }
+}
