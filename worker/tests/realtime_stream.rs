@@ -97,7 +97,14 @@ fn read_speech_streamed_gives_partials_then_finals_as_good_as_batch() {
                events: &mut Vec<(&str, String)>,
                finals: &mut Vec<String>| {
         let beam = if action == Action::Partial { 1 } else { 5 };
+        let began = std::time::Instant::now();
+        let window_ms = session.window().len() / 16;
         let words = decode(&engine, session.window(), beam);
+        // For the record, not asserted: timing belongs in make bench-realtime.
+        eprintln!(
+            "{action:?}: {window_ms} ms window decoded in {} ms",
+            began.elapsed().as_millis()
+        );
         let o = session.apply(action, words);
         if !o.commit.is_empty() {
             let text: Vec<&str> = o.commit.iter().map(|w| w.text.as_str()).collect();
