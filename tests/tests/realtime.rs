@@ -67,6 +67,48 @@ async fn take(
     .await
 }
 
+async fn grant(w: &Client, rec: Uuid, worker_id: Uuid, through_ms: i64) -> i64 {
+    w.query_one(
+        "SELECT s2t.extend_realtime_grant($1, $2, $3)",
+        &[&rec, &worker_id, &through_ms],
+    )
+    .await
+    .expect("grant")
+    .get(0)
+}
+
+/// End a session with its last `audio`, done or failed; false if it had
+/// already ended.
+async fn end(w: &Client, rec: Uuid, worker_id: Uuid, audio: &[u8], failure: Option<&str>) -> bool {
+    w.query_one(
+        "SELECT s2t.end_realtime_session($1, $2, $3, $4)",
+        &[&rec, &worker_id, &audio, &failure],
+    )
+    .await
+    .expect("end")
+    .get(0)
+}
+
+/// A heartbeat with no live sessions; how many orphans it ended.
+async fn heartbeat(w: &Client, worker_id: Uuid) -> i32 {
+    w.query_one("SELECT s2t.heartbeat_worker($1, '{}')", &[&worker_id])
+        .await
+        .expect("heartbeat")
+        .get(0)
+}
+
+/// One counter of the user's subscription.
+async fn subscription(db: &TestDb, user: Uuid, column: &str) -> i32 {
+    db.admin
+        .query_one(
+            &format!("SELECT {column} FROM s2t.user_subscriptions WHERE user_id = $1"),
+            &[&user],
+        )
+        .await
+        .expect("subscription")
+        .get(0)
+}
+
 /// `ms` of 16 kHz s16 audio.
 fn pcm(ms: usize) -> Vec<u8> {
     vec![0u8; ms * 16 * 2]
@@ -101,24 +143,9 @@ async fn a_session_saves_finals_as_they_come_and_ends_once_billed_for_its_audio(
     assert_eq!(row.get::<_, i32>(1), 0, "no final yet");
     assert_eq!(row.get::<_, i64>(2), 0, "no audio yet");
 
-    let granted: i64 = w
-        .query_one(
-            "SELECT s2t.extend_realtime_grant($1, $2, 10000)",
-            &[&rec, &wid],
-        )
-        .await
-        .expect("grant")
-        .get(0);
+    let granted = grant(&w, rec, wid, 10000).await;
     assert_eq!(granted, 10_000);
-    let reserved: i32 = db
-        .admin
-        .query_one(
-            "SELECT reserved_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let reserved = subscription(&db, user, "reserved_seconds").await;
     assert_eq!(reserved, 10, "the grant is reserved against the quota");
 
     assert!(final_(
@@ -158,24 +185,11 @@ async fn a_session_saves_finals_as_they_come_and_ends_once_billed_for_its_audio(
     .await
     .unwrap());
 
-    let ended: bool = w
-        .query_one(
-            "SELECT s2t.end_realtime_session($1, $2, $3)",
-            &[&rec, &wid, &pcm(250)],
-        )
-        .await
-        .expect("end")
-        .get(0);
-    assert!(ended);
-    let again: bool = w
-        .query_one(
-            "SELECT s2t.end_realtime_session($1, $2, NULL)",
-            &[&rec, &wid],
-        )
-        .await
-        .expect("end again")
-        .get(0);
-    assert!(!again, "a session ends exactly once");
+    assert!(end(&w, rec, wid, &pcm(250), None).await);
+    assert!(
+        !end(&w, rec, wid, &[], None).await,
+        "a session ends exactly once"
+    );
     expect_code(final_(&w, rec, wid, &pcm(10), None).await, "S2S01");
 
     let r = db
@@ -190,15 +204,7 @@ async fn a_session_saves_finals_as_they_come_and_ends_once_billed_for_its_audio(
     assert_eq!(r.get::<_, i32>(1), 3750, "2000 + 1500 + 250 ms of audio");
     assert_eq!(r.get::<_, i32>(2), 4);
     assert_eq!(used_seconds(&db, user).await, 4);
-    let reserved: i32 = db
-        .admin
-        .query_one(
-            "SELECT reserved_seconds FROM s2t.user_subscriptions WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let reserved = subscription(&db, user, "reserved_seconds").await;
     assert_eq!(reserved, 0, "the grant is released at the end");
     let texts: Vec<String> = db
         .admin
@@ -292,22 +298,10 @@ async fn without_room_opening_is_busy_and_counts_nothing() {
         .await
         .unwrap();
     expect_code(open(&app, user).await, "S2B01");
-    let usage: i32 = db
-        .admin
-        .query_one(
-            "SELECT usage_count FROM s2t.user_subscriptions WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let usage = subscription(&db, user, "usage_count").await;
     assert_eq!(usage, 1, "busy refusals are not counted");
     // A heartbeat brings it back.
-    let ended: i32 = w
-        .query_one("SELECT s2t.heartbeat_worker($1, '{}')", &[&other])
-        .await
-        .unwrap()
-        .get(0);
+    let ended = heartbeat(&w, other).await;
     assert_eq!(ended, 0);
     open(&app, user)
         .await
@@ -327,23 +321,9 @@ async fn minutes_are_granted_only_as_far_as_the_quota_goes_across_sessions() {
     let (b, _, hb, _) = open(&app, user).await.expect("open b");
     take(&w, wid, &ha).await.unwrap();
     take(&w, wid, &hb).await.unwrap();
-    let ga: i64 = w
-        .query_one(
-            "SELECT s2t.extend_realtime_grant($1, $2, 45000)",
-            &[&a, &wid],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let ga = grant(&w, a, wid, 45000).await;
     assert_eq!(ga, 45_000);
-    let gb: i64 = w
-        .query_one(
-            "SELECT s2t.extend_realtime_grant($1, $2, 45000)",
-            &[&b, &wid],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let gb = grant(&w, b, wid, 45000).await;
     assert_eq!(
         gb, 15_000,
         "only 15 of the 60 s are left for the second session"
@@ -351,21 +331,9 @@ async fn minutes_are_granted_only_as_far_as_the_quota_goes_across_sessions() {
     // A third session cannot even start.
     expect_code(open(&app, user).await, "S2Q02");
     // Ending a short: the unused grant comes back.
-    w.execute(
-        "SELECT s2t.end_realtime_session($1, $2, $3)",
-        &[&a, &wid, &pcm(5000)],
-    )
-    .await
-    .unwrap();
+    assert!(end(&w, a, wid, &pcm(5000), None).await);
     assert_eq!(used_seconds(&db, user).await, 5);
-    let gb: i64 = w
-        .query_one(
-            "SELECT s2t.extend_realtime_grant($1, $2, 45000)",
-            &[&b, &wid],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let gb = grant(&w, b, wid, 45000).await;
     assert_eq!(gb, 45_000);
 }
 
@@ -383,11 +351,7 @@ async fn a_session_whose_worker_died_is_ended_by_the_next_heartbeat_with_its_aud
         .unwrap();
     // A live session is not touched by another worker's heartbeat.
     let alive = worker(&w, "alive", 2).await;
-    let n: i32 = w
-        .query_one("SELECT s2t.heartbeat_worker($1, '{}')", &[&alive])
-        .await
-        .unwrap()
-        .get(0);
+    let n = heartbeat(&w, alive).await;
     assert_eq!(n, 0);
     db.admin
         .execute(
@@ -396,11 +360,7 @@ async fn a_session_whose_worker_died_is_ended_by_the_next_heartbeat_with_its_aud
         )
         .await
         .unwrap();
-    let n: i32 = w
-        .query_one("SELECT s2t.heartbeat_worker($1, '{}')", &[&alive])
-        .await
-        .unwrap()
-        .get(0);
+    let n = heartbeat(&w, alive).await;
     assert_eq!(n, 1);
     let r = db
         .admin
@@ -414,15 +374,7 @@ async fn a_session_whose_worker_died_is_ended_by_the_next_heartbeat_with_its_aud
     assert_eq!(r.get::<_, i32>(1), 1200);
     assert_eq!(r.get::<_, i32>(2), 2);
     // The dead worker, back, cannot end it a second time.
-    let again: bool = w
-        .query_one(
-            "SELECT s2t.end_realtime_session($1, $2, NULL, 'late')",
-            &[&rec, &dead],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!again);
+    assert!(!end(&w, rec, dead, &[], Some("late")).await);
 }
 
 #[tokio::test]
@@ -473,12 +425,7 @@ async fn a_failed_session_keeps_its_finals_unbilled_and_resume_needs_the_owner()
     )
     .await
     .unwrap();
-    w.execute(
-        "SELECT s2t.end_realtime_session($1, $2, NULL, 'the client sent a malformed frame')",
-        &[&rec, &wid],
-    )
-    .await
-    .unwrap();
+    assert!(end(&w, rec, wid, &[], Some("the client sent a malformed frame")).await);
     let r = db
         .admin
         .query_one(
