@@ -76,9 +76,11 @@ fi
 # start anew.
 stop_service worker 100
 stop_service gateway 100
-say "starting the worker (log: .s2t/worker.log)"
+REALTIME_ADDR="127.0.0.1:$(free_port)"
+say "starting the worker, realtime on ws://$REALTIME_ADDR (log: .s2t/worker.log)"
 WORKER_DATABASE_URL="postgres://s2t_worker_svc:$S2T_WORKER_PASSWORD@127.0.0.1:$PORT/s2t" \
 S2T_MODEL="$MODELS/ggml-base.bin" S2T_MODEL_EN="$MODELS/ggml-tiny.en.bin" \
+S2T_REALTIME_LISTEN="$REALTIME_ADDR" \
     start_service worker "$CARGO_TARGET_DIR/release/s2t-worker" run
 say "starting the gateway on http://$GATEWAY_ADDR (log: .s2t/gateway.log)"
 # Development mode (S2T_DEV): see "The gateway" in README.md.
@@ -113,7 +115,8 @@ cat <<MSG
 pg_s2t $VERSION is running on PostgreSQL 18 at 127.0.0.1:$PORT (database s2t),
 with a transcription worker (models in $MODELS) and the gateway:
 
-  API:  http://$GATEWAY_ADDR      (curl examples: "The gateway" in README.md)
+  API:       http://$GATEWAY_ADDR      (curl examples: "The gateway" in README.md)
+  Realtime:  ws://$GATEWAY_ADDR/ws/s2t  (protocol: "Realtime transcription" in README.md)
 
   source .s2t/run.env
   \$PG_BIN/psql "\$DATABASE_URL"          # as the owner (superuser)

@@ -28,6 +28,7 @@ pub mod quota;
 pub mod range;
 pub mod routes;
 pub mod throttle;
+pub mod tickets;
 pub mod tokens;
 pub mod transcript;
 
@@ -56,6 +57,8 @@ pub struct Inner {
     pub hashing: limits::Hashing,
     /// Uploads in flight per user.
     pub uploads: limits::UploadSlots,
+    /// One-time tickets for browser WebSockets.
+    pub tickets: tickets::Tickets,
     pub cors: config::CorsOrigins,
     pub events: events::Hub,
     pub metrics: observe::Metrics,
@@ -97,6 +100,7 @@ impl AppState {
                     std::time::Duration::from_millis(config.hash_wait_ms),
                 ),
                 uploads: limits::UploadSlots::new(config.max_uploads_in_flight),
+                tickets: tickets::Tickets::default(),
                 cors,
                 config,
                 pool,

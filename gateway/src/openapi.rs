@@ -158,6 +158,11 @@ pub fn document() -> Value {
                     "schema": {"type": "string", "enum": ["transcript.txt", "transcript.srt", "transcript.vtt", "transcript.json", "audio"]}}]}),
                 json!({"200": {"description": "the file"}, "206": {"description": "a range of the audio"},
                        "409": problem(), "416": {"description": "range outside the audio"}}))},
+            "/ws/ticket": {"post": op("A one-time ticket (30 s) for a browser's realtime WebSocket: GET /ws/s2t?ticket=...", "realtime", true,
+                json!({}),
+                json!({"200": ok_json("the ticket", json!({"type": "object", "required": ["ticket", "expires_in", "url"], "properties": {
+                    "ticket": {"type": "string"}, "expires_in": {"type": "integer"}, "url": {"type": "string"}}})),
+                       "429": problem()}))},
             "/v1/audio/transcriptions": {"post": op("OpenAI-compatible synchronous transcription", "openai", true,
                 json!({"requestBody": multipart(json!({
                     "file": {"type": "string", "format": "binary"}, "model": {"type": "string"},

@@ -67,25 +67,42 @@ pub enum ClientMessage {
 }
 
 /// `start` as sent; [`StartRequest::check`] turns it into a [`Start`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
     pub sample_rate: u32,
     pub encoding: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interim: Option<bool>,
     /// From an earlier `ready`, to continue that recording.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<String>,
     /// On resume: the last final's `idx` the client has (finals after it
     /// are sent again).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_idx: Option<i32>,
 }
+
+/// The first message a gateway sends to the worker it relays a session
+/// to (not part of the client protocol): the one-time hand-off token whose
+/// hash the database holds, the client's resume token (echoed in `ready`)
+/// and the client's `start`. After it, the gateway relays the client's
+/// frames and the worker's messages unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "handoff")]
+pub struct Handoff {
+    pub token: String,
+    pub resume_token: String,
+    pub start: StartRequest,
+}
+
+/// The longest a hand-off message may be (a start with a 500-character
+/// prompt fits many times over).
+pub const MAX_HANDOFF_BYTES: usize = 8 * 1024;
 
 /// A checked `start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +229,17 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
+    /// Numbering that continues after `last` (a relay adding its own
+    /// message to a stream another side numbered).
+    pub fn after(last: u64) -> Sequencer {
+        Sequencer { last }
+    }
+
+    /// The last number given.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
     pub fn number(&mut self, message: ServerMessage) -> Numbered {
         self.last += 1;
         Numbered {
@@ -468,6 +496,36 @@ impl Pacing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handoff_carries_the_start_as_sent_and_names_its_type() {
+        let start = StartRequest {
+            language: Some("en".into()),
+            sample_rate: 48_000,
+            encoding: "pcm_s16le".into(),
+            prompt: None,
+            interim: Some(false),
+            resume_token: None,
+            last_idx: None,
+        };
+        let h = Handoff {
+            token: "t".into(),
+            resume_token: "r".into(),
+            start: start.clone(),
+        };
+        let text = serde_json::to_string(&h).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "handoff");
+        assert!(
+            v["start"].get("prompt").is_none(),
+            "absent fields stay absent"
+        );
+        assert_eq!(serde_json::from_str::<Handoff>(&text).unwrap(), h);
+        assert!(serde_json::from_str::<Handoff>(r#"{"type":"start","token":"t"}"#).is_err());
+        let mut seq = Sequencer::after(41);
+        assert_eq!(seq.number(ServerMessage::Lag { seconds: 0.0 }).seq, 42);
+        assert_eq!(seq.last(), 42);
+    }
 
     fn start(json: &str) -> Result<Start, ProtocolError> {
         match parse_client_text(json)? {

@@ -304,6 +304,18 @@ pub fn run(program: &str, args: &[&str]) {
 /// sox output options for what the tests feed the worker: 16 kHz mono 16-bit.
 pub const SOX_16K_MONO: [&str; 6] = ["-r", "16000", "-c", "1", "-b", "16"];
 
+/// `seconds` of 16 kHz mono s16 silence written to `path` by sox.
+pub fn silence_wav(path: &Path, seconds: f32) {
+    let p = path.to_str().expect("a UTF-8 path");
+    let secs = seconds.to_string();
+    run(
+        "sox",
+        &[
+            "-n", "-r", "16000", "-c", "1", "-b", "16", p, "trim", "0", &secs,
+        ],
+    );
+}
+
 pub fn speech_wav(text: &str, voice: &str, pad_s: f32, dir: &Path, name: &str) -> PathBuf {
     let raw = dir.join(format!("{name}.raw.wav"));
     let wav = dir.join(format!("{name}.wav"));
@@ -342,4 +354,56 @@ pub fn worker_command(bin: &Path, db: &TestDb) -> Command {
     .env("S2T_MODEL", models.join("ggml-base.bin"))
     .env("S2T_MODEL_EN", models.join("ggml-tiny.en.bin"));
     cmd
+}
+
+/// Lower-cased words without punctuation; hyphens split words and the
+/// abbreviations Whisper writes are spelled out, as in the references.
+pub fn words(text: &str) -> Vec<String> {
+    text.replace('-', " ")
+        .split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .map(|w| match w.as_str() {
+            "mr" => "mister".to_string(),
+            "mrs" => "missus".to_string(),
+            _ => w,
+        })
+        .collect()
+}
+
+/// The five read sentences of Debian's pocketsphinx-testdata, with their
+/// reference transcripts.
+pub fn librivox() -> Vec<(PathBuf, String)> {
+    let dir = Path::new("/usr/share/pocketsphinx/test/data/librivox");
+    let listing = std::fs::read_to_string(dir.join("transcription"))
+        .expect("apt package pocketsphinx-testdata is installed");
+    listing
+        .lines()
+        .filter_map(|line| {
+            let (text, id) = line.rsplit_once(" (")?;
+            let id = id.trim_end_matches(')');
+            let text = text.replace("<s>", "").replace("</s>", "");
+            Some((dir.join(format!("{id}.wav")), text.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Word error rate of `hypothesis` against `reference` (Levenshtein over
+/// words).
+pub fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = words(reference);
+    let h = words(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
 }

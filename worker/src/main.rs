@@ -99,6 +99,21 @@ struct RunArgs {
     /// (removed when the job ends); default: the system temp directory.
     #[arg(long, env = "S2T_WORKER_SPOOL")]
     spool_dir: Option<PathBuf>,
+    /// Serve realtime sessions on this address (such as 0.0.0.0:7071);
+    /// without it this worker does batch jobs only.
+    #[arg(long, env = "S2T_REALTIME_LISTEN")]
+    realtime_listen: Option<std::net::SocketAddr>,
+    /// The address gateways reach the realtime server at
+    /// (ws://host:port); default: ws:// and the listening address.
+    #[arg(long, env = "S2T_REALTIME_ADDRESS")]
+    realtime_address: Option<String>,
+    /// Realtime sessions this worker takes at once.
+    #[arg(long, env = "S2T_REALTIME_CAPACITY", default_value_t = 4)]
+    realtime_capacity: usize,
+    /// Realtime decodes run at once (each with --threads / this many
+    /// Whisper threads).
+    #[arg(long, env = "S2T_REALTIME_DECODERS", default_value_t = 1)]
+    realtime_decoders: usize,
 }
 
 #[derive(clap::Args)]
@@ -246,9 +261,40 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         multilingual: args.model.clone(),
     };
     // Each job's child loads its model; loading them once here refuses a
-    // bad path or file at start rather than at the first job.
-    drop(s2t_worker::asr::Engine::load(&models)?);
+    // bad path or file at start rather than at the first job. The realtime
+    // server keeps this one: every session shares it.
+    let engine = std::sync::Arc::new(s2t_worker::asr::Engine::load(&models)?);
     let cores = cores();
+    let budget = args.threads.unwrap_or(cores).clamp(1, cores);
+    let realtime = match args.realtime_listen.filter(|_| !args.once) {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening for realtime sessions on {listen}"))?;
+            let decoders = args.realtime_decoders.clamp(1, budget);
+            Some((
+                listener,
+                s2t_worker::realtime::server::ServerSettings {
+                    database_url: args.database_url.clone(),
+                    name: args.name.clone().unwrap_or_else(|| {
+                        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                        format!("{}:{}", host.trim(), std::process::id())
+                    }),
+                    listen,
+                    advertise: args.realtime_address.clone(),
+                    capacity: args.realtime_capacity,
+                    decoders,
+                    threads_per_decode: (budget / decoders).max(1) as i32,
+                    final_beam: args.beam_size.max(1),
+                    shed_ms: 3_000,
+                    policy: Default::default(),
+                },
+            ))
+        }
+        None => None,
+    };
+    // Batch-only workers free the model here.
+    let engine = realtime.is_some().then_some(engine);
     let settings = s2t_worker::runner::Settings {
         database_url: args.database_url,
         worker_name: args.name.unwrap_or_else(|| {
@@ -257,7 +303,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         }),
         concurrency: args.concurrency.max(1),
         // More busy-waiting ggml threads than cores makes decoding 10x slower.
-        thread_budget: args.threads.unwrap_or(cores).clamp(1, cores),
+        thread_budget: budget,
         beam_size: args.beam_size.max(1),
         fit_audio_ctx: args.fit_audio_ctx,
         lease_secs: args.lease_secs.max(3),
@@ -288,7 +334,19 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         );
         let _ = tx.send(true);
     });
-    s2t_worker::runner::run(settings, rx).await
+    let server = realtime.zip(engine).map(|((listener, rt), engine)| {
+        tokio::spawn(s2t_worker::realtime::server::serve(
+            rt,
+            listener,
+            engine,
+            rx.clone(),
+        ))
+    });
+    let batch = s2t_worker::runner::run(settings, rx).await;
+    if let Some(server) = server {
+        server.await??;
+    }
+    batch
 }
 
 fn verify(path: &std::path::Path, h: &s2t_worker::model::HParams) -> anyhow::Result<()> {

@@ -31,12 +31,7 @@ fn decode(engine: &Engine, window: &[f32], beam: i32) -> Vec<Word> {
     t.segments
         .into_iter()
         .flat_map(|s| s.words)
-        .map(|w| Word {
-            text: w.word,
-            start_ms: w.start_ms,
-            end_ms: w.end_ms,
-            probability: w.probability,
-        })
+        .map(Word::from)
         .collect()
 }
 
@@ -50,22 +45,7 @@ fn read_speech_streamed_gives_partials_then_finals_as_good_as_batch() {
     let mut args: Vec<String> = vec![sentences[0].0.display().to_string()];
     args.push(dir.join("pause.wav").display().to_string());
     args.push(sentences[1].0.display().to_string());
-    common::run(
-        "sox",
-        &[
-            "-n",
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            dir.join("pause.wav").to_str().unwrap(),
-            "trim",
-            "0",
-            "1.5",
-        ],
-    );
+    s2t_tests::silence_wav(&dir.join("pause.wav"), 1.5);
     let mut sox: Vec<&str> = args.iter().map(String::as_str).collect();
     sox.extend_from_slice(&[joined.to_str().unwrap(), "rate", "48000"]);
     common::run("sox", &sox);
@@ -98,14 +78,15 @@ fn read_speech_streamed_gives_partials_then_finals_as_good_as_batch() {
                finals: &mut Vec<String>| {
         let beam = if action == Action::Partial { 1 } else { 5 };
         let began = std::time::Instant::now();
-        let window_ms = session.window().len() / 16;
+        let decoded = session.window().len();
+        let window_ms = decoded / 16;
         let words = decode(&engine, session.window(), beam);
         // For the record, not asserted: timing belongs in make bench-realtime.
         eprintln!(
             "{action:?}: {window_ms} ms window decoded in {} ms",
             began.elapsed().as_millis()
         );
-        let o = session.apply(action, words);
+        let o = session.apply(action, words, decoded);
         if !o.commit.is_empty() {
             let text: Vec<&str> = o.commit.iter().map(|w| w.text.as_str()).collect();
             finals.push(text.join(" "));

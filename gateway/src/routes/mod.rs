@@ -7,6 +7,7 @@ mod auth;
 mod me;
 mod openai;
 mod ops;
+mod realtime;
 mod recordings;
 
 use crate::config::CorsOrigins;
@@ -77,6 +78,8 @@ pub fn router(state: AppState) -> Router {
             post(openai::transcriptions).layer(DefaultBodyLimit::disable()),
         )
         .route("/recordings/{id}/{file}", get(recordings::download))
+        .route("/ws/s2t", get(realtime::ws))
+        .route("/ws/ticket", post(realtime::ticket))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

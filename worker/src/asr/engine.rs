@@ -227,6 +227,11 @@ impl Engine {
         })
     }
 
+    /// Whether a loaded model transcribes `language` (an ISO code or "auto").
+    pub fn supports(&self, language: &str) -> bool {
+        self.model_for(language, false).is_ok()
+    }
+
     fn model_for(&self, language: &str, multilingual: bool) -> Result<&Loaded, EngineError> {
         let english_first = language == "en" && !multilingual;
         let pick = if english_first {

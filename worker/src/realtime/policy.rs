@@ -22,6 +22,17 @@ pub struct Word {
     pub probability: f32,
 }
 
+impl From<crate::asr::Word> for Word {
+    fn from(w: crate::asr::Word) -> Word {
+        Word {
+            text: w.word,
+            start_ms: w.start_ms,
+            end_ms: w.end_ms,
+            probability: w.probability,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct PolicySettings {
     /// Speech between partial decodes.
@@ -86,6 +97,10 @@ pub struct StreamPolicy {
     speech_since_decode_ms: i64,
     /// The previous hypothesis' words not yet committed.
     previous: Vec<Word>,
+    /// The VAD decision of each frame in the buffer, oldest first: a decode
+    /// runs while audio keeps coming, so what is left after a commit is
+    /// judged again from these.
+    voiced: std::collections::VecDeque<bool>,
 }
 
 /// Words compared for agreement: case and punctuation do not matter.
@@ -135,6 +150,7 @@ impl StreamPolicy {
             silence_run_ms: 0,
             speech_since_decode_ms: 0,
             previous: Vec::new(),
+            voiced: std::collections::VecDeque::new(),
         }
     }
 
@@ -161,6 +177,7 @@ impl StreamPolicy {
     pub fn on_frame(&mut self, voiced: bool) -> Action {
         let s = self.settings;
         self.buffered_ms += self.frame_ms;
+        self.voiced.push_back(voiced);
         if voiced {
             self.speech_seen = true;
             self.silence_run_ms = 0;
@@ -198,20 +215,31 @@ impl StreamPolicy {
         let ms = ms.clamp(0, self.buffered_ms);
         self.buffer_start_ms += ms;
         self.buffered_ms -= ms;
+        let keep = (self.buffered_ms / self.frame_ms.max(1)) as usize;
+        while self.voiced.len() > keep {
+            self.voiced.pop_front();
+        }
     }
 
-    /// A decode of the whole buffer was asked for with `action` and came
-    /// back with `words` (session timeline). Returns what to send and
-    /// commit; the caller then drops `trim_ms` (already accounted here).
-    pub fn on_hypothesis(&mut self, action: Action, mut words: Vec<Word>) -> Outcome {
+    /// A decode of the first `decoded_ms` of the buffer was asked for with
+    /// `action` and came back with `words` (session timeline); frames that
+    /// arrived while it ran are still in the buffer. Returns what to send
+    /// and commit; the caller then drops `trim_ms` (already accounted here).
+    pub fn on_hypothesis(
+        &mut self,
+        action: Action,
+        mut words: Vec<Word>,
+        decoded_ms: i64,
+    ) -> Outcome {
         cut_repetition(&mut words);
         self.speech_since_decode_ms = 0;
+        let decoded_ms = decoded_ms.clamp(0, self.buffered_ms);
         let outcome = match action {
             Action::Final {
                 end_of_speech: true,
             } => Outcome {
                 commit: words,
-                trim_ms: self.buffered_ms,
+                trim_ms: decoded_ms,
                 ..Outcome::default()
             },
             Action::Final {
@@ -225,9 +253,9 @@ impl StreamPolicy {
                 }
                 let rest = words.split_off(agreed.min(words.len()));
                 let trim_ms = match words.last() {
-                    Some(last) => (last.end_ms - self.buffer_start_ms).clamp(0, self.buffered_ms),
+                    Some(last) => (last.end_ms - self.buffer_start_ms).clamp(0, decoded_ms),
                     // No words at all in a full buffer: it was not speech.
-                    None => self.buffered_ms,
+                    None => decoded_ms,
                 };
                 Outcome {
                     commit: words,
@@ -256,9 +284,15 @@ impl StreamPolicy {
                 end_of_speech: true
             }
         ) {
-            self.speech_seen = false;
-            self.silence_run_ms = 0;
             self.previous.clear();
+            // What came in during the decode decides what the buffer is now.
+            self.speech_seen = self.voiced.iter().any(|v| *v);
+            let trailing = self.voiced.iter().rev().take_while(|v| !**v).count();
+            self.silence_run_ms = if self.speech_seen {
+                trailing as i64 * self.frame_ms
+            } else {
+                0
+            };
         }
         outcome
     }
@@ -319,6 +353,12 @@ mod tests {
                 probability: 0.9,
             })
             .collect()
+    }
+
+    /// A hypothesis of the whole buffer (nothing arrived during the decode).
+    fn whole(p: &mut StreamPolicy, action: Action, words: Vec<Word>) -> Outcome {
+        let decoded = p.buffered_ms();
+        p.on_hypothesis(action, words, decoded)
     }
 
     fn texts(w: &[Word]) -> Vec<&str> {
@@ -387,12 +427,13 @@ mod tests {
     fn local_agreement_keeps_the_stable_prefix_and_a_pause_commits_everything() {
         let mut p = StreamPolicy::new(PolicySettings::default(), FRAME);
         feed(&mut p, &"#".repeat(30));
-        let o = p.on_hypothesis(Action::Partial, words("the quick brow", 0));
+        let o = whole(&mut p, Action::Partial, words("the quick brow", 0));
         assert_eq!((o.stable, o.commit.len()), (0, 0));
         assert_eq!(texts(&o.partial), ["the", "quick", "brow"]);
-        let o = p.on_hypothesis(Action::Partial, words("The quick brown fox", 0));
+        let o = whole(&mut p, Action::Partial, words("The quick brown fox", 0));
         assert_eq!(o.stable, 2, "case does not matter, 'brow' became 'brown'");
-        let o = p.on_hypothesis(
+        let o = whole(
+            &mut p,
             Action::Final {
                 end_of_speech: true,
             },
@@ -404,7 +445,7 @@ mod tests {
         assert!(!p.has_speech());
         // The next utterance starts fresh: nothing agrees with the last one.
         feed(&mut p, "####");
-        let o = p.on_hypothesis(Action::Partial, words("The quick", 900));
+        let o = whole(&mut p, Action::Partial, words("The quick", 900));
         assert_eq!(o.stable, 0);
     }
 
@@ -437,7 +478,7 @@ mod tests {
                     probability: 0.9,
                 })
                 .collect();
-            let o = p.on_hypothesis(action, hyp);
+            let o = whole(&mut p, action, hyp);
             committed.extend(o.commit);
         }
         // At most one frame over the limit: the frame that reached it.
@@ -447,6 +488,56 @@ mod tests {
         for pair in committed.windows(2) {
             assert_eq!(pair[1].start_ms, pair[0].start_ms + 300, "{pair:?}");
         }
+    }
+
+    #[test]
+    fn speech_that_arrives_during_a_final_decode_stays_for_the_next_utterance() {
+        let mut p = StreamPolicy::new(PolicySettings::default(), FRAME);
+        // Speech, then the pause that asks for the final.
+        let asked = feed(&mut p, &format!("{}{}", "#".repeat(40), "_".repeat(16)));
+        assert!(asked.iter().any(|(_, a)| matches!(
+            a,
+            Action::Final {
+                end_of_speech: true
+            }
+        )));
+        let decoded = p.buffered_ms();
+        let start = p.buffer_start_ms();
+        // While the final decodes, the speaker starts again.
+        feed(&mut p, &"#".repeat(10));
+        let o = p.on_hypothesis(
+            Action::Final {
+                end_of_speech: true,
+            },
+            words("one sentence", 0),
+            decoded,
+        );
+        assert_eq!(o.trim_ms, decoded, "only the decoded audio is committed");
+        assert_eq!(p.buffer_start_ms(), start + decoded);
+        assert_eq!(p.buffered_ms(), 10 * FRAME);
+        assert!(p.has_speech(), "the new speech is still pending");
+        // Its pause finalises it in turn.
+        let asked = feed(&mut p, &"_".repeat(16));
+        assert!(
+            asked.iter().any(|(_, a)| matches!(
+                a,
+                Action::Final {
+                    end_of_speech: true
+                }
+            )),
+            "{asked:?}"
+        );
+        // And a decode that found only silence leaves nothing pending.
+        let decoded = p.buffered_ms();
+        whole(
+            &mut p,
+            Action::Final {
+                end_of_speech: true,
+            },
+            Vec::new(),
+        );
+        assert!(!p.has_speech());
+        assert_eq!(p.buffered_ms(), 0, "{decoded} ms decoded and dropped");
     }
 
     #[test]

@@ -146,17 +146,22 @@ impl SessionAudio {
         self.policy.buffer_start_ms()
     }
 
-    /// The words a decode of [`Self::window`] for `action` gave, with times
-    /// relative to the window; returns what to send and commit (times on
-    /// the session's timeline) and trims the buffer.
-    pub fn apply(&mut self, action: Action, mut words: Vec<Word>) -> Outcome {
+    /// The words a decode of the first `decoded` samples of
+    /// [`Self::window`] for `action` gave, with times relative to the
+    /// window (audio may have arrived since it was taken); returns what to
+    /// send and commit (times on the session's timeline) and trims the
+    /// buffer. A decode asked for meanwhile is asked again by the next
+    /// frames if it is still due.
+    pub fn apply(&mut self, action: Action, mut words: Vec<Word>, decoded: usize) -> Outcome {
         let base = self.policy.buffer_start_ms();
         for w in &mut words {
             w.start_ms += base;
             w.end_ms += base;
         }
+        self.due = Action::Nothing;
         let before = self.policy.buffer_start_ms();
-        let outcome = self.policy.on_hypothesis(action, words);
+        let decoded_ms = (decoded * 1000 / RATE) as i64;
+        let outcome = self.policy.on_hypothesis(action, words, decoded_ms);
         let moved = self.policy.buffer_start_ms() - before;
         let n = ms_to_samples(moved).min(self.buffer.len());
         self.buffer.drain(..n);
@@ -242,7 +247,8 @@ mod tests {
             s.on_frame(&s16(chunk), t0 + i as u64 * 100).unwrap();
             if let Some(a) = s.take_due() {
                 asked.push(a);
-                s.apply(a, Vec::new());
+                let n = s.window().len();
+                s.apply(a, Vec::new(), n);
             }
         }
         asked
@@ -302,6 +308,7 @@ mod tests {
         );
         // The window is on the session timeline: words come back shifted.
         let start_ms = s.window_start_ms();
+        let n = s.window().len();
         let o = s.apply(
             Action::Final {
                 end_of_speech: true,
@@ -312,6 +319,7 @@ mod tests {
                 end_ms: 900,
                 probability: 0.8,
             }],
+            n,
         );
         assert_eq!(o.commit[0].start_ms, start_ms + 10);
         assert!(

@@ -59,54 +59,5 @@ pub fn model_packages() -> PathBuf {
     ))
 }
 
-/// Lower-cased words without punctuation; hyphens split words and the
-/// abbreviations Whisper writes are spelled out, as in the references.
-pub fn words(text: &str) -> Vec<String> {
-    text.replace('-', " ")
-        .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .map(|w| match w.as_str() {
-            "mr" => "mister".to_string(),
-            "mrs" => "missus".to_string(),
-            _ => w,
-        })
-        .collect()
-}
-
-/// The five read sentences of Debian's pocketsphinx-testdata, with their
-/// reference transcripts.
-pub fn librivox() -> Vec<(PathBuf, String)> {
-    let dir = Path::new("/usr/share/pocketsphinx/test/data/librivox");
-    let listing = std::fs::read_to_string(dir.join("transcription"))
-        .expect("apt package pocketsphinx-testdata is installed");
-    listing
-        .lines()
-        .filter_map(|line| {
-            let (text, id) = line.rsplit_once(" (")?;
-            let id = id.trim_end_matches(')');
-            let text = text.replace("<s>", "").replace("</s>", "");
-            Some((dir.join(format!("{id}.wav")), text.trim().to_string()))
-        })
-        .collect()
-}
-
-/// Word error rate of `hypothesis` against `reference` (Levenshtein over
-/// words).
-pub fn wer(reference: &str, hypothesis: &str) -> f64 {
-    let r = words(reference);
-    let h = words(hypothesis);
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut cur = vec![i + 1; h.len() + 1];
-        for (j, hw) in h.iter().enumerate() {
-            let sub = prev[j] + usize::from(rw != hw);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[h.len()] as f64 / r.len().max(1) as f64
-}
+#[allow(unused_imports)]
+pub use s2t_tests::{librivox, wer, words};

@@ -1,0 +1,322 @@
+//! `GET /ws/s2t`, realtime transcription, and `POST /ws/ticket`.
+//!
+//! The gateway only authenticates, admits and relays: it reads the client's
+//! `start`, opens (or resumes) the session in the database, which admits
+//! the recording against the quota and picks a worker with room, then
+//! connects to that worker, hands it the session with a one-time token and
+//! relays frames both ways unchanged. Errors before the relay are sent in
+//! the client protocol, then the socket closes with the code that
+//! [`ErrorCode::close_code`] documents.
+
+use super::{AuthUser, Caller};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::Json;
+use futures_util::{SinkExt, StreamExt};
+use s2t_core::realtime::{
+    parse_client_text, ClientMessage, ErrorCode, Handoff, ProtocolError, Sequencer, ServerMessage,
+    StartRequest, MAX_FRAME_BYTES,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message as WorkerMessage;
+use uuid::Uuid;
+
+/// A client must send `start` this soon after connecting.
+const START_WAIT: Duration = Duration::from_secs(10);
+/// Connecting to the worker may take this long.
+const WORKER_CONNECT: Duration = Duration::from_secs(5);
+
+pub async fn ticket(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    let ticket = state.tickets.issue(user, Instant::now()).map_err(|e| {
+        ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, e.to_string()).with_retry_after(30)
+    })?;
+    Ok(Json(json!({
+        "ticket": ticket,
+        "expires_in": crate::tickets::TICKET_TTL.as_secs(),
+        "url": format!("/ws/s2t?ticket={ticket}"),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    ticket: Option<String>,
+}
+
+pub async fn ws(
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    headers: axum::http::HeaderMap,
+    caller: Result<Caller, ApiError>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The header when there is one (a bad header is not rescued by a
+    // ticket), else the ticket; either way the verdict is sent after the
+    // upgrade, where a browser can read it.
+    let who = if headers.contains_key(axum::http::header::AUTHORIZATION) || query.ticket.is_none() {
+        caller.map(|c| c.user).map_err(|e| e.problem.detail)
+    } else {
+        state
+            .tickets
+            .redeem(query.ticket.as_deref().unwrap_or_default(), Instant::now())
+            .map_err(|e| e.to_string())
+    };
+    upgrade
+        // Larger frames than the protocol's limit reach the worker, which
+        // refuses them in the protocol; far larger ones stop here.
+        .max_message_size(4 * MAX_FRAME_BYTES)
+        .max_frame_size(4 * MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| session(state, socket, who))
+}
+
+async fn send(socket: &mut WebSocket, seq: &mut Sequencer, message: ServerMessage) {
+    let _ = socket.send(Message::text(seq.encode(message))).await;
+}
+
+async fn refuse(socket: &mut WebSocket, seq: &mut Sequencer, e: ProtocolError) {
+    send(socket, seq, e.to_message()).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: e.code.close_code(),
+            reason: e.code.name().into(),
+        })))
+        .await;
+}
+
+/// The client's `start`, the first message.
+async fn read_start(socket: &mut WebSocket) -> Result<StartRequest, ProtocolError> {
+    let first = tokio::time::timeout(START_WAIT, socket.recv())
+        .await
+        .map_err(|_| {
+            ProtocolError::new(
+                ErrorCode::IdleTimeout,
+                format!(
+                    "send \"start\" within {} s of connecting",
+                    START_WAIT.as_secs()
+                ),
+            )
+        })?;
+    match first {
+        Some(Ok(Message::Text(text))) => match parse_client_text(text.as_str())? {
+            ClientMessage::Start(start) => {
+                start.clone().check()?;
+                Ok(start)
+            }
+            ClientMessage::Stop => Err(ProtocolError::new(
+                ErrorCode::BadMessage,
+                "\"stop\" before \"start\"",
+            )),
+        },
+        Some(Ok(Message::Binary(_))) => Err(ProtocolError::new(
+            ErrorCode::BadMessage,
+            "audio before \"start\": send the start message first",
+        )),
+        _ => Err(ProtocolError::new(
+            ErrorCode::BadMessage,
+            "the first message must be \"start\"",
+        )),
+    }
+}
+
+/// A database refusal in the protocol's terms.
+fn refusal(e: &tokio_postgres::Error, resuming: bool) -> ProtocolError {
+    let Some(db) = e.as_db_error() else {
+        return ProtocolError::new(ErrorCode::Internal, "the database is unavailable; retry");
+    };
+    let code = match db.code().code() {
+        "S2B01" => ErrorCode::Busy,
+        "S2Q01" | "S2Q02" => ErrorCode::QuotaExceeded,
+        "S2N01" if resuming => ErrorCode::ResumeFailed,
+        "S2S01" => ErrorCode::Unauthorized,
+        "S2V01" => ErrorCode::BadMessage,
+        _ => {
+            tracing_log(&format!("opening a realtime session: {e}"));
+            return ProtocolError::new(ErrorCode::Internal, "the session could not be opened");
+        }
+    };
+    let mut message = db.message().to_string();
+    if code == ErrorCode::Busy {
+        message.push_str("; retry in 5 s");
+    }
+    ProtocolError::new(code, message)
+}
+
+fn tracing_log(what: &str) {
+    eprintln!("{}", json!({"event": "realtime_error", "error": what}));
+}
+
+/// Open or resume: the recording and the worker to connect to.
+async fn admit(
+    state: &AppState,
+    user: Uuid,
+    start: &StartRequest,
+    handoff: &str,
+    resume: &str,
+) -> Result<(Uuid, String), ProtocolError> {
+    let mut client = crate::db::client(&state.pool).await.map_err(|_| {
+        ProtocolError::new(
+            ErrorCode::Busy,
+            "the gateway's database pool is busy; retry in 5 s",
+        )
+    })?;
+    let tx = crate::db::begin_as(&mut client, user)
+        .await
+        .map_err(|e| ProtocolError::new(ErrorCode::Unauthorized, e.problem.detail))?;
+    let (handoff_hash, resume_hash) = (
+        crate::tokens::token_hash(handoff),
+        crate::tokens::token_hash(resume),
+    );
+    let resuming = start.resume_token.is_some();
+    let row = if resuming {
+        tx.query_one(
+            "SELECT recording_id, worker_address FROM s2t.resume_realtime_session($1, $2, $3)",
+            &[&user, &resume_hash, &handoff_hash],
+        )
+        .await
+    } else {
+        let language = start.language.clone().unwrap_or_else(|| "auto".into());
+        tx.query_one(
+            "SELECT recording_id, worker_address
+               FROM s2t.open_realtime_session($1, $2, $3, $4, '{}'::jsonb, $5, $6)",
+            &[
+                &user,
+                &language,
+                &(start.sample_rate as i32),
+                &start.encoding,
+                &handoff_hash,
+                &resume_hash,
+            ],
+        )
+        .await
+    }
+    .map_err(|e| refusal(&e, resuming))?;
+    tx.commit().await.map_err(|e| refusal(&e, resuming))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, String>) {
+    let mut seq = Sequencer::default();
+    let user = match who {
+        Ok(u) => u,
+        Err(why) => {
+            return refuse(
+                &mut socket,
+                &mut seq,
+                ProtocolError::new(ErrorCode::Unauthorized, why),
+            )
+            .await;
+        }
+    };
+    let start = match read_start(&mut socket).await {
+        Ok(s) => s,
+        Err(e) => return refuse(&mut socket, &mut seq, e).await,
+    };
+    let handoff = crate::tokens::new_refresh_token();
+    let resume = start
+        .resume_token
+        .clone()
+        .unwrap_or_else(crate::tokens::new_refresh_token);
+    let (recording, address) = match admit(&state, user, &start, &handoff, &resume).await {
+        Ok(x) => x,
+        Err(e) => return refuse(&mut socket, &mut seq, e).await,
+    };
+    let worker = tokio::time::timeout(
+        WORKER_CONNECT,
+        tokio_tungstenite::connect_async(address.as_str()),
+    )
+    .await;
+    let mut worker = match worker {
+        Ok(Ok((w, _))) => w,
+        _ => {
+            tracing_log(&format!(
+                "worker {address} for recording {recording} did not answer"
+            ));
+            let e = ProtocolError::new(
+                ErrorCode::Busy,
+                "the worker for this session did not answer; resume with the same start in 5 s",
+            );
+            return refuse(&mut socket, &mut seq, e).await;
+        }
+    };
+    let hello = Handoff {
+        token: handoff,
+        resume_token: resume,
+        start,
+    };
+    let hello = serde_json::to_string(&hello).expect("a hand-off serialises");
+    if worker.send(WorkerMessage::text(hello)).await.is_err() {
+        let e = ProtocolError::new(
+            ErrorCode::Busy,
+            "the worker for this session went away; retry in 5 s",
+        );
+        return refuse(&mut socket, &mut seq, e).await;
+    }
+    relay(socket, worker, seq).await;
+}
+
+#[derive(Deserialize)]
+struct Numbered {
+    seq: u64,
+}
+
+/// Frames both ways until one side closes. The worker numbers its messages;
+/// an error of our own continues its numbering.
+async fn relay(
+    mut client: WebSocket,
+    mut worker: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    seq: Sequencer,
+) {
+    let mut last_seq = 0u64;
+    loop {
+        tokio::select! {
+            from_client = client.recv() => match from_client {
+                Some(Ok(Message::Binary(b))) => {
+                    if worker.send(WorkerMessage::Binary(b)).await.is_err() { break; }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if worker.send(WorkerMessage::text(t.as_str())).await.is_err() { break; }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The worker keeps the session open for a resume.
+                    let _ = worker.close(None).await;
+                    return;
+                }
+            },
+            from_worker = worker.next() => match from_worker {
+                Some(Ok(WorkerMessage::Text(t))) => {
+                    if let Ok(n) = serde_json::from_str::<Numbered>(t.as_str()) {
+                        last_seq = n.seq;
+                    }
+                    if client.send(Message::text(t.as_str())).await.is_err() {
+                        let _ = worker.close(None).await;
+                        return;
+                    }
+                }
+                Some(Ok(WorkerMessage::Close(frame))) => {
+                    let frame = frame.map(|f| CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() });
+                    let _ = client.send(Message::Close(frame)).await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    // The worker went away without closing: tell the client how to go on.
+    let mut seq = Sequencer::after(last_seq.max(seq.last()));
+    let e = ProtocolError::new(
+        ErrorCode::Internal,
+        "the worker serving this session stopped; the finals sent are saved, resume with your resume_token",
+    );
+    refuse(&mut client, &mut seq, e).await;
+}
