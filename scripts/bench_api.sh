@@ -4,30 +4,7 @@
 # process on loopback. Writes bench/results/api.json.
 source "$(dirname "$0")/lib.sh"
 
-ensure_deps
-"$ROOT/scripts/models.sh"
-MODELS="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}"
-mkdir -p "$STATE"
-install_extension --release
-ensure_pg_os_user
-say "building the gateway and the load generator"
-cargo build -q --release -p s2t-gateway --bin s2t-gateway --example api_load
-
-WORK="$(mktemp -d "$STATE/bench-api.XXXXXX")"
-chmod 755 "$WORK"
-PORT="$(free_port)"
-GW_PORT="$(free_port)"
-cleanup() {
-    stop_service bench-gateway 50
-    stop_service bench-worker 50
-    cluster_stop "$WORK" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-bench_cluster "$WORK" "$PORT"
-create_login_roles "$WORK" "$PORT" bench-gw bench-wk
-DB="127.0.0.1:$PORT/bench"
+bench_services api api_load
 
 WORKER_DATABASE_URL="postgres://s2t_worker_svc@$DB" S2T_MODEL="$MODELS/ggml-base.bin" \
 S2T_MODEL_EN="$MODELS/ggml-tiny.en.bin" \

@@ -10,7 +10,7 @@ PG_WHEEL_VERSION="18.6.3"
 PGRX_VERSION="0.18.1"
 FASTER_WHISPER_VERSION="1.2.1"
 # Python tools the tests drive the gateway with (real clients, not mocks).
-TEST_PY_PACKAGES="openai==3.57.0 schemathesis==4.32.5"
+TEST_PY_PACKAGES="openai==3.57.0 websockets==15.0.1 schemathesis==4.32.5"
 PG_OS_USER="${S2T_PG_OS_USER:-pg_s2t}"
 APT_PACKAGES="clang libclang-dev cmake build-essential pkg-config libssl-dev libopus-dev espeak-ng sox ffmpeg opus-tools pocketsphinx-testdata"
 
@@ -164,6 +164,38 @@ bench_cluster() {
     cluster_start "$dir" "$port"
     psql_admin "$dir" "$port" postgres -c "CREATE DATABASE bench"
     psql_admin "$dir" "$port" bench -c "CREATE EXTENSION pg_s2t CASCADE"
+}
+
+# bench_services TAG EXAMPLE: what a service benchmark needs: the models,
+# release builds of the extension, the gateway and the load generator
+# EXAMPLE, a work directory WORK, a cluster on PORT with database bench
+# (DB=127.0.0.1:PORT/bench) and the login roles, a free GW_PORT, and a trap
+# that stops the bench-gateway and bench-worker services and the cluster.
+bench_services() {
+    local tag="$1" example="$2"
+    ensure_deps
+    "$ROOT/scripts/models.sh"
+    MODELS="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}"
+    mkdir -p "$STATE"
+    install_extension --release
+    ensure_pg_os_user
+    say "building the gateway and the load generator"
+    cargo build -q --release -p s2t-gateway --bin s2t-gateway --example "$example"
+    WORK="$(mktemp -d "$STATE/bench-$tag.XXXXXX")"
+    chmod 755 "$WORK"
+    PORT="$(free_port)"
+    GW_PORT="$(free_port)"
+    trap bench_services_stop EXIT
+    bench_cluster "$WORK" "$PORT"
+    create_login_roles "$WORK" "$PORT" bench-gw bench-wk
+    DB="127.0.0.1:$PORT/bench"
+}
+
+bench_services_stop() {
+    stop_service bench-gateway 50
+    stop_service bench-worker 50
+    cluster_stop "$WORK" || true
+    rm -rf "$WORK"
 }
 
 # psql_admin DIR PORT DB ARGS...: psql as the superuser over the cluster's

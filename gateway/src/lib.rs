@@ -9,7 +9,8 @@
 //! - Pure logic with unit tests: [`tokens`] (passwords, JWTs, refresh
 //!   tokens), [`throttle`], [`limits`] (hashing and upload slots),
 //!   [`pgtls`] (`sslmode` for PostgreSQL), [`cursor`], [`range`],
-//!   [`transcript`].
+//!   [`transcript`], [`tickets`], [`realtime_compat`] (OpenAI's realtime
+//!   transcription events).
 //! - [`error`]: problem details and the SQLSTATE → HTTP mapping;
 //!   [`events`]: LISTEN/NOTIFY fan-out for Server-Sent Events;
 //!   [`openapi`]: the API description at `/openapi.json` and `/docs`.
@@ -26,6 +27,7 @@ pub use s2t_pg as pgtls;
 pub mod probe;
 pub mod quota;
 pub mod range;
+pub mod realtime_compat;
 pub mod routes;
 pub mod throttle;
 pub mod tickets;

@@ -132,26 +132,7 @@ async fn the_official_openai_client_round_trip() {
     let dir = common::temp_dir("openai");
     let wav = dir.join("speech.wav");
     std::fs::write(&wav, speech_wav(SPOKEN)).unwrap();
-    let python = std::env::var("S2T_PYTHON").expect("make test sets S2T_PYTHON");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let (base, t, w) = (s.base.clone(), token.clone(), wav.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(&w)
-            .env("BASE_URL", base)
-            .env("TOKEN", t)
-            .output()
-            .expect("run the openai client")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = common::python_client("openai_client.py", &wav, &s.base, &token).await;
     for key in ["json", "text"] {
         let text = r[key].as_str().unwrap().to_lowercase();
         assert!(

@@ -736,3 +736,128 @@ async fn four_sessions_at_once_are_all_transcribed_and_a_minute_of_silence_gives
     );
     assert_eq!(seen.of("done")[0]["duration_ms"], 60_000);
 }
+
+/// Every event of `kind` in one session of the Python client's output.
+fn events<'a>(session: &'a Value, kind: &str) -> Vec<&'a Value> {
+    session["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_clients_realtime_transcription_works_against_the_gateway() {
+    let s = stack(50 << 20, false).await;
+    let _worker = realtime_worker(&s);
+    registered(&s, 1).await;
+    let (token, _) = s.user("otto").await;
+    let sentences = librivox();
+    let (first, second) = (&sentences[1], &sentences[4]);
+    let dir = common::temp_dir("rt-openai");
+    let pause = dir.join("pause.wav");
+    s2t_tests::silence_wav(&pause, 1.2);
+    let pcm24 = dir.join("speech24.raw");
+    s2t_tests::run(
+        "sox",
+        &[
+            first.0.to_str().unwrap(),
+            pause.to_str().unwrap(),
+            second.0.to_str().unwrap(),
+            "-t",
+            "raw",
+            "-e",
+            "signed",
+            "-b",
+            "16",
+            "-c",
+            "1",
+            pcm24.to_str().unwrap(),
+            "rate",
+            "24000",
+        ],
+    );
+    let reference = format!("{} {}", first.1, second.1);
+    let r = common::python_client("openai_realtime.py", &pcm24, &s.base, &token).await;
+
+    // Server VAD: one item per sentence, each started, stopped, committed
+    // and completed, its deltas adding up to its transcript.
+    let vad = &r["vad"];
+    assert_eq!(vad["events"][0]["type"], "session.created", "{vad}");
+    assert_eq!(events(vad, "session.updated").len(), 1);
+    let completed = events(vad, "conversation.item.input_audio_transcription.completed");
+    assert!(completed.len() >= 2, "the pause splits the items: {vad}");
+    for c in &completed {
+        let item = &c["item_id"];
+        let deltas: String = events(vad, "conversation.item.input_audio_transcription.delta")
+            .iter()
+            .filter(|d| &d["item_id"] == item)
+            .map(|d| d["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            deltas,
+            c["transcript"].as_str().unwrap(),
+            "deltas are incremental"
+        );
+        for kind in [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+        ] {
+            assert_eq!(
+                events(vad, kind)
+                    .iter()
+                    .filter(|e| &e["item_id"] == item)
+                    .count(),
+                1,
+                "{kind} for {item}"
+            );
+        }
+    }
+    let long_item = completed
+        .iter()
+        .max_by_key(|c| c["transcript"].as_str().unwrap().len())
+        .unwrap();
+    let early_deltas = events(vad, "conversation.item.input_audio_transcription.delta")
+        .iter()
+        .filter(|d| d["item_id"] == long_item["item_id"])
+        .count();
+    assert!(
+        early_deltas >= 2,
+        "words arrive while the sentence is spoken: {vad}"
+    );
+    let text: Vec<&str> = completed
+        .iter()
+        .map(|c| c["transcript"].as_str().unwrap())
+        .collect();
+    let w = wer(&reference, &text.join(" "));
+    assert!(w <= 0.25, "{w:.3}: {text:?}");
+    let bad = events(vad, "error");
+    assert_eq!(bad.len(), 1, "{vad}");
+    assert_eq!(bad[0]["error"]["type"], "invalid_request_error");
+
+    // Manual turns: nothing is committed until the client commits, then
+    // one item holds both sentences.
+    let manual = &r["manual"];
+    assert_eq!(events(manual, "transcription_session.updated").len(), 1);
+    let completed = events(
+        manual,
+        "conversation.item.input_audio_transcription.completed",
+    );
+    assert_eq!(completed.len(), 1, "{manual}");
+    assert_eq!(events(manual, "input_audio_buffer.committed").len(), 1);
+    let w = wer(&reference, completed[0]["transcript"].as_str().unwrap());
+    assert!(w <= 0.25, "{w:.3}: {}", completed[0]);
+
+    // Both were real sessions: saved, ended once and counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let user = user_id(&s, &token).await;
+    let done = s
+        .count(&format!(
+            "SELECT count(*) FROM s2t.recordings WHERE user_id = '{user}' AND source = 'realtime' AND status = 'done'"
+        ))
+        .await;
+    assert_eq!(done, 2);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -63,6 +63,9 @@ impl Encoding {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     Start(StartRequest),
+    /// Commit what was said so far now, without waiting for a pause
+    /// (push-to-talk); answered by the finals, then `committed`.
+    Commit,
     Stop,
 }
 
@@ -202,6 +205,11 @@ pub enum ServerMessage {
     },
     Lag {
         seconds: f64,
+    },
+    /// After a client `commit`: every word before `end_ms` of the
+    /// recording is in the finals sent so far.
+    Committed {
+        end_ms: i64,
     },
     Error {
         code: ErrorCode,
@@ -371,10 +379,10 @@ pub fn parse_client_text(text: &str) -> Result<ClientMessage, ProtocolError> {
             )
         })?
         .to_string();
-    if kind != "start" && kind != "stop" {
+    if !["start", "commit", "stop"].contains(&kind.as_str()) {
         return Err(ProtocolError::new(
             ErrorCode::BadMessage,
-            format!("unknown message type {kind:?}: a client sends \"start\", audio frames, then \"stop\""),
+            format!("unknown message type {kind:?}: a client sends \"start\", audio frames (and \"commit\"), then \"stop\""),
         ));
     }
     serde_json::from_value(value).map_err(|e| {
@@ -760,6 +768,7 @@ mod tests {
                 }],
             },
             ServerMessage::Lag { seconds: 0.2 },
+            ServerMessage::Committed { end_ms: 10 },
             ServerMessage::Error {
                 code: ErrorCode::Busy,
                 message: "m".into(),
@@ -795,6 +804,12 @@ mod tests {
             "prompt": "p", "interim": true, "resume_token": "t", "last_idx": 3
         });
         check(start.clone());
+        let commit = serde_json::json!({"type": "commit"});
+        check(commit.clone());
+        assert_eq!(
+            parse_client_text(&commit.to_string()).unwrap(),
+            ClientMessage::Commit
+        );
         assert!(matches!(
             parse_client_text(&start.to_string()).unwrap(),
             ClientMessage::Start(_)

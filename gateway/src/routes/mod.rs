@@ -6,6 +6,7 @@ mod audio;
 mod auth;
 mod me;
 mod openai;
+mod openai_realtime;
 mod ops;
 mod realtime;
 mod recordings;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/recordings/{id}/{file}", get(recordings::download))
         .route("/ws/s2t", get(realtime::ws))
         .route("/ws/ticket", post(realtime::ticket))
+        .route("/v1/realtime", get(openai_realtime::realtime))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

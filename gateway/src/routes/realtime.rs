@@ -109,9 +109,9 @@ async fn read_start(socket: &mut WebSocket) -> Result<StartRequest, ProtocolErro
                 start.clone().check()?;
                 Ok(start)
             }
-            ClientMessage::Stop => Err(ProtocolError::new(
+            ClientMessage::Stop | ClientMessage::Commit => Err(ProtocolError::new(
                 ErrorCode::BadMessage,
-                "\"stop\" before \"start\"",
+                "the first message must be \"start\"",
             )),
         },
         Some(Ok(Message::Binary(_))) => Err(ProtocolError::new(
@@ -218,15 +218,28 @@ async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, Strin
         Ok(s) => s,
         Err(e) => return refuse(&mut socket, &mut seq, e).await,
     };
+    match connect_worker(&state, user, start).await {
+        Ok(worker) => relay(socket, worker, seq).await,
+        Err(e) => refuse(&mut socket, &mut seq, e).await,
+    }
+}
+
+pub(crate) type WorkerSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Admit the session (open or resume), connect to its worker and hand it
+/// over; what comes back on the socket is the worker's protocol.
+pub(crate) async fn connect_worker(
+    state: &AppState,
+    user: Uuid,
+    start: StartRequest,
+) -> Result<WorkerSocket, ProtocolError> {
     let handoff = crate::tokens::new_refresh_token();
     let resume = start
         .resume_token
         .clone()
         .unwrap_or_else(crate::tokens::new_refresh_token);
-    let (recording, address) = match admit(&state, user, &start, &handoff, &resume).await {
-        Ok(x) => x,
-        Err(e) => return refuse(&mut socket, &mut seq, e).await,
-    };
+    let (recording, address) = admit(state, user, &start, &handoff, &resume).await?;
     let worker = tokio::time::timeout(
         WORKER_CONNECT,
         tokio_tungstenite::connect_async(address.as_str()),
@@ -238,11 +251,10 @@ async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, Strin
             tracing_log(&format!(
                 "worker {address} for recording {recording} did not answer"
             ));
-            let e = ProtocolError::new(
+            return Err(ProtocolError::new(
                 ErrorCode::Busy,
                 "the worker for this session did not answer; resume with the same start in 5 s",
-            );
-            return refuse(&mut socket, &mut seq, e).await;
+            ));
         }
     };
     let hello = Handoff {
@@ -252,13 +264,12 @@ async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, Strin
     };
     let hello = serde_json::to_string(&hello).expect("a hand-off serialises");
     if worker.send(WorkerMessage::text(hello)).await.is_err() {
-        let e = ProtocolError::new(
+        return Err(ProtocolError::new(
             ErrorCode::Busy,
             "the worker for this session went away; retry in 5 s",
-        );
-        return refuse(&mut socket, &mut seq, e).await;
+        ));
     }
-    relay(socket, worker, seq).await;
+    Ok(worker)
 }
 
 #[derive(Deserialize)]

@@ -270,3 +270,31 @@ pub fn speech_wav(text: &str) -> Vec<u8> {
     std::fs::remove_dir_all(&dir).ok();
     bytes
 }
+
+/// Run one of this directory's Python clients (`gateway/tests/<script>`)
+/// with the project's test Python against `base` with `token`; its stdout
+/// as JSON. Fails the test with its stderr if it fails.
+pub async fn python_client(script: &str, arg: &std::path::Path, base: &str, token: &str) -> Value {
+    let python = std::env::var("S2T_PYTHON").expect("make test sets S2T_PYTHON");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let (arg, base, token) = (arg.to_path_buf(), base.to_string(), token.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(&arg)
+            .env("BASE_URL", base)
+            .env("TOKEN", token)
+            .output()
+            .expect("run the Python client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}

@@ -589,6 +589,11 @@ impl<'a> Session<'a> {
                             self.audio_mut().on_message(now);
                             match s2t_core::realtime::parse_client_text(&text) {
                                 Ok(s2t_core::realtime::ClientMessage::Stop) => return Exit::Stop,
+                                Ok(s2t_core::realtime::ClientMessage::Commit) => {
+                                    if let Err(e) = self.commit(ws, seq).await {
+                                        return Exit::Internal(e);
+                                    }
+                                }
                                 Ok(s2t_core::realtime::ClientMessage::Start(_)) => {
                                     return Exit::Refused(ProtocolError::new(
                                         ErrorCode::BadMessage,
@@ -724,7 +729,22 @@ impl<'a> Session<'a> {
         connected: bool,
     ) -> Result<(), String> {
         let words = match answer {
-            Decoded::Words { words, .. } => words,
+            Decoded::Words {
+                words,
+                queued_ms,
+                decode_ms,
+            } => {
+                if action != Action::Partial {
+                    // One line per final: where its latency went.
+                    log(
+                        "realtime_final_decoded",
+                        serde_json::json!({"recording_id": self.recording_id,
+                            "window_ms": decoded as u64 * 1000 / 16_000,
+                            "queued_ms": queued_ms, "decode_ms": decode_ms}),
+                    );
+                }
+                words
+            }
             // A shed partial: the next decode carries its words.
             Decoded::Shed => return Ok(()),
             Decoded::Failed(e) if action == Action::Partial => {
@@ -848,12 +868,14 @@ impl<'a> Session<'a> {
     }
 
     /// Wait for the decode in flight, then decode what speech is left as a
-    /// final: every word the client said is committed.
-    async fn flush(
+    /// final (`last`: the stream ends too): every word the client said is
+    /// committed.
+    async fn settle(
         &mut self,
         ws: &mut Socket,
         seq: &mut Sequencer,
         connected: bool,
+        last: bool,
     ) -> Result<(), String> {
         if self.audio.is_none() {
             return Ok(());
@@ -865,7 +887,9 @@ impl<'a> Session<'a> {
             self.on_decoded(ws, seq, action, decoded, answer, connected)
                 .await?;
         }
-        if let Some(action) = self.audio_mut().finish() {
+        let audio = self.audio_mut();
+        let due = if last { audio.finish() } else { audio.commit() };
+        if let Some(action) = due {
             self.submit(action);
             let (action, decoded, answer) = self.inflight.take().expect("just submitted");
             let answer = answer
@@ -874,7 +898,25 @@ impl<'a> Session<'a> {
             self.on_decoded(ws, seq, action, decoded, answer, connected)
                 .await?;
         }
+        Ok(())
+    }
+
+    async fn flush(
+        &mut self,
+        ws: &mut Socket,
+        seq: &mut Sequencer,
+        connected: bool,
+    ) -> Result<(), String> {
+        self.settle(ws, seq, connected, true).await?;
         self.store(None).await
+    }
+
+    /// A client `commit`: the finals of what was said, then `committed`.
+    async fn commit(&mut self, ws: &mut Socket, seq: &mut Sequencer) -> Result<(), String> {
+        self.settle(ws, seq, true, false).await?;
+        let end_ms = self.received_ms();
+        send(ws, seq, ServerMessage::Committed { end_ms }).await;
+        Ok(())
     }
 
     async fn end(&mut self, failure: Option<&str>) -> Result<(), String> {

@@ -182,6 +182,12 @@ impl SessionAudio {
             r.finish(&mut out);
             self.feed16(&out);
         }
+        self.commit()
+    }
+
+    /// `commit`: a final of whatever speech is buffered is due now (the
+    /// stream goes on).
+    pub fn commit(&mut self) -> Option<Action> {
         let _ = self.take_due();
         (self.policy.has_speech() && !self.buffer.is_empty()).then_some(Action::Final {
             end_of_speech: true,
