@@ -450,6 +450,7 @@ async fn a_dropped_connection_resumes_the_same_recording_and_no_final_is_lost_or
         .expect("the pause commits a final");
     c.drain();
     let before: Vec<Value> = c.seen.of("final").into_iter().cloned().collect();
+    let first_seen = format!("{:?}", c.seen);
     // The connection drops: no close frame, no stop.
     c.drop_connection();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -459,7 +460,27 @@ async fn a_dropped_connection_resumes_the_same_recording_and_no_final_is_lost_or
     let ready = c
         .start(json!({"resume_token": resume, "last_idx": -1}))
         .await;
-    assert_eq!(ready["type"], "ready", "{ready}");
+    if ready["type"] != "ready" {
+        let row = s
+            .db
+            .admin
+            .query_one(
+                "SELECT r.status::text, coalesce(r.failure_reason, ''), r.duration_ms::int, x.ended, (x.ended_at - x.opened_at)::text, (now() - x.heartbeat_at)::text
+                   FROM s2t.recordings r JOIN s2t.realtime_sessions x ON x.recording_id = r.id WHERE r.id = $1::text::uuid",
+                &[&id.as_str().unwrap()],
+            )
+            .await
+            .unwrap();
+        let row: (String, String, i32, bool, Option<String>, Option<String>) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+        );
+        panic!("{ready}: the recording is {row:?} after {first_seen}");
+    }
     assert_eq!(ready["recording_id"], id);
     assert_eq!(ready["resume_token"], resume);
     for f in &before {

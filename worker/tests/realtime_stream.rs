@@ -72,20 +72,35 @@ fn read_speech_streamed_gives_partials_then_finals_as_good_as_batch() {
     let mut events: Vec<(&str, String)> = Vec::new();
     let mut finals: Vec<String> = Vec::new();
     let mut stored = 0usize;
+    let speculated = std::cell::Cell::new(0);
     let run = |session: &mut SessionAudio,
                action: Action,
                events: &mut Vec<(&str, String)>,
                finals: &mut Vec<String>| {
-        let beam = if action == Action::Partial { 1 } else { 5 };
-        let began = std::time::Instant::now();
-        let decoded = session.window().len();
-        let window_ms = decoded / 16;
-        let words = decode(&engine, session.window(), beam);
-        // For the record, not asserted: timing belongs in make bench-realtime.
-        eprintln!(
-            "{action:?}: {window_ms} ms window decoded in {} ms",
-            began.elapsed().as_millis()
-        );
+        // A final that the speculative decode at the pause heard is not
+        // decoded again (as the server does).
+        let (words, decoded) = match session.take_speculation(action) {
+            Some(adopted) => {
+                eprintln!("{action:?}: the speculative decode's words");
+                adopted
+            }
+            None => {
+                let beam = if action == Action::Partial { 1 } else { 5 };
+                let began = std::time::Instant::now();
+                let decoded = session.window().len();
+                let words = decode(&engine, session.window(), beam);
+                // For the record, not asserted: timing is make bench-realtime's.
+                eprintln!(
+                    "{action:?}: {} ms window decoded in {} ms",
+                    decoded / 16,
+                    began.elapsed().as_millis()
+                );
+                (words, decoded)
+            }
+        };
+        if action == Action::Speculate {
+            speculated.set(speculated.get() + 1);
+        }
         let o = session.apply(action, words, decoded);
         if !o.commit.is_empty() {
             let text: Vec<&str> = o.commit.iter().map(|w| w.text.as_str()).collect();
@@ -108,6 +123,10 @@ fn read_speech_streamed_gives_partials_then_finals_as_good_as_batch() {
         run(&mut session, action, &mut events, &mut finals);
     }
     assert_eq!(stored, bytes.len(), "every byte is kept for storage");
+    assert!(
+        speculated.get() >= 1,
+        "the pause starts a speculative final"
+    );
     let first_final = events
         .iter()
         .position(|(k, _)| *k == "final")

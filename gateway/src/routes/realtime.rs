@@ -277,24 +277,51 @@ struct Numbered {
     seq: u64,
 }
 
+/// After a failed send: the worker's last messages and its close, passed
+/// on. True if it closed (the client has its close too).
+async fn drain(client: &mut WebSocket, worker: &mut WorkerSocket, last_seq: &mut u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, worker.next()).await {
+        match m {
+            WorkerMessage::Text(t) => {
+                if let Ok(n) = serde_json::from_str::<Numbered>(t.as_str()) {
+                    *last_seq = n.seq;
+                }
+                let _ = client.send(Message::text(t.as_str())).await;
+            }
+            WorkerMessage::Close(frame) => {
+                let frame = frame.map(|f| CloseFrame {
+                    code: f.code.into(),
+                    reason: f.reason.as_str().into(),
+                });
+                let _ = client.send(Message::Close(frame)).await;
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Frames both ways until one side closes. The worker numbers its messages;
 /// an error of our own continues its numbering.
-async fn relay(
-    mut client: WebSocket,
-    mut worker: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    seq: Sequencer,
-) {
+async fn relay(mut client: WebSocket, mut worker: WorkerSocket, seq: Sequencer) {
     let mut last_seq = 0u64;
     loop {
         tokio::select! {
             from_client = client.recv() => match from_client {
                 Some(Ok(Message::Binary(b))) => {
-                    if worker.send(WorkerMessage::Binary(b)).await.is_err() { break; }
+                    if worker.send(WorkerMessage::Binary(b)).await.is_err() {
+                        // The worker may have closed on purpose: pass on what it said.
+                        if drain(&mut client, &mut worker, &mut last_seq).await { return; }
+                        break;
+                    }
                 }
                 Some(Ok(Message::Text(t))) => {
-                    if worker.send(WorkerMessage::text(t.as_str())).await.is_err() { break; }
+                    if worker.send(WorkerMessage::text(t.as_str())).await.is_err() {
+                        if drain(&mut client, &mut worker, &mut last_seq).await { return; }
+                        break;
+                    }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {

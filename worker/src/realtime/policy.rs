@@ -43,6 +43,11 @@ pub struct PolicySettings {
     pub max_utterance_ms: i64,
     /// Silence kept before speech (so the first word is not clipped).
     pub lead_in_ms: i64,
+    /// A pause this long starts the final's decode early (speculatively):
+    /// if the pause lasts until the end of speech and no speech came after
+    /// the decoded audio, its words are the final, without waiting for
+    /// another decode.
+    pub speculate_after_ms: i64,
 }
 
 impl Default for PolicySettings {
@@ -52,6 +57,7 @@ impl Default for PolicySettings {
             end_of_speech_ms: 480,
             max_utterance_ms: 12_000,
             lead_in_ms: 240,
+            speculate_after_ms: 240,
         }
     }
 }
@@ -67,6 +73,9 @@ pub enum Action {
     Final {
         end_of_speech: bool,
     },
+    /// A pause began: decode the buffer as a final would be, to be used
+    /// as the final if the pause lasts (see [`StreamPolicy::quiet_after`]).
+    Speculate,
     /// Drop this many ms of silence from the front of the buffer.
     DropSilence(i64),
 }
@@ -204,10 +213,23 @@ impl StreamPolicy {
                 end_of_speech: false,
             };
         }
+        if !voiced
+            && self.silence_run_ms >= s.speculate_after_ms
+            && self.silence_run_ms - self.frame_ms < s.speculate_after_ms
+        {
+            return Action::Speculate;
+        }
         if voiced && self.speech_since_decode_ms >= s.partial_every_ms {
             return Action::Partial;
         }
         Action::Nothing
+    }
+
+    /// Whether no frame after the first `ms` of the buffer was voiced (so a
+    /// decode of those `ms` heard all the speech there is).
+    pub fn quiet_after(&self, ms: i64) -> bool {
+        let from = (ms / self.frame_ms.max(1)) as usize;
+        self.voiced.iter().skip(from).all(|v| !*v)
     }
 
     /// The session dropped `ms` from the front of the buffer.
@@ -421,6 +443,31 @@ mod tests {
             100 + 480 / 30 - 1,
             "480 ms after the last voiced frame"
         );
+    }
+
+    #[test]
+    fn a_pause_asks_once_for_a_speculative_final_before_the_end_of_speech() {
+        let mut p = StreamPolicy::new(PolicySettings::default(), FRAME);
+        let actions = feed(&mut p, &format!("{}{}", "#".repeat(40), ".".repeat(20)));
+        let speculative: Vec<usize> = actions
+            .iter()
+            .filter(|(_, a)| *a == Action::Speculate)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(
+            speculative,
+            [40 + 240 / 30 - 1],
+            "once, 240 ms into the pause"
+        );
+        let decoded = (40 + 8) * FRAME;
+        assert!(
+            p.quiet_after(decoded),
+            "only silence after the speculated audio"
+        );
+        // Speech again: the speculation no longer covers all of it.
+        feed(&mut p, "##");
+        assert!(!p.quiet_after(decoded));
+        assert!(p.quiet_after(p.buffered_ms()));
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum Decoded {
     },
     /// A partial dropped because its session is too far behind.
     Shed,
+    /// Not decoded: a speculative decode's words, adopted as the final.
+    Speculated(Vec<Word>),
     Failed(String),
 }
 
@@ -130,6 +132,8 @@ fn decode_loop(shared: &Shared, decode: &DecodeFn) {
                 q.0.iter()
                     .map(|j| Pending {
                         session: j.request.session,
+                        // A speculative final may be shed like a partial: the
+                        // final itself is then decoded.
                         is_final: matches!(j.request.action, Action::Final { .. }),
                         lag_ms: j.request.lag_ms + j.at.elapsed().as_millis() as i64,
                         queued_ms: j.at.duration_since(shared.epoch).as_millis() as i64,

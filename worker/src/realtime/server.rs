@@ -273,6 +273,17 @@ async fn close(ws: &mut Socket, code: u16, reason: &str) {
         })))
         .await;
     let _ = ws.flush().await;
+    // The closing handshake: read (and drop) what the peer still sends
+    // until its close, so our close is not lost to a reset of a socket
+    // with unread data.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn refuse(ws: &mut Socket, seq: &mut Sequencer, e: ProtocolError) {
@@ -584,6 +595,9 @@ impl<'a> Session<'a> {
                             if let Some(exit) = self.on_audio(&bytes, now).await {
                                 return exit;
                             }
+                            if let Err(e) = self.advance(ws, seq).await {
+                                return Exit::Internal(e);
+                            }
                         }
                         Some(Ok(Message::Text(text))) => {
                             self.audio_mut().on_message(now);
@@ -623,16 +637,21 @@ impl<'a> Session<'a> {
                 {
                     let (action, decoded, _) = self.inflight.take().expect("in flight");
                     let answer = answer.unwrap_or(Decoded::Failed("the decode pool stopped".into()));
-                    match self.on_decoded(ws, seq, action, decoded, answer, true).await {
-                        Ok(()) => {}
-                        Err(e) => return Exit::Internal(e),
+                    let step = match self.on_decoded(ws, seq, action, decoded, answer, true).await {
+                        Ok(()) => self.advance(ws, seq).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = step {
+                        return Exit::Internal(e);
                     }
-                    self.submit_due();
                 }
                 _ = tick.tick() => {
                     let now = self.now_ms();
-                    if let Some(e) = self.audio_mut().idle(now) {
-                        return Exit::Refused(e);
+                    // A client waiting for a decode we owe it is not idle.
+                    if self.inflight.is_none() {
+                        if let Some(e) = self.audio_mut().idle(now) {
+                            return Exit::Refused(e);
+                        }
                     }
                     if self.last_store.elapsed() >= STORE_EVERY {
                         if let Err(e) = self.store(None).await {
@@ -685,19 +704,26 @@ impl<'a> Session<'a> {
         if let Err(e) = self.audio_mut().on_frame(bytes, now) {
             return Some(Exit::Refused(e));
         }
-        self.submit_due();
         None
     }
 
-    /// Ask the pool for what the policy made due, if nothing is in flight.
-    fn submit_due(&mut self) {
-        if self.inflight.is_some() {
-            return;
+    /// Ask the pool for what the policy made due, if nothing is in flight;
+    /// a final that a speculative decode already heard is committed at
+    /// once instead.
+    async fn advance(&mut self, ws: &mut Socket, seq: &mut Sequencer) -> Result<(), String> {
+        while self.inflight.is_none() {
+            let Some(action) = self.audio_mut().take_due() else {
+                return Ok(());
+            };
+            match self.audio_mut().take_speculation(action) {
+                Some((words, decoded)) => {
+                    self.on_decoded(ws, seq, action, decoded, Decoded::Speculated(words), true)
+                        .await?
+                }
+                None => self.submit(action),
+            }
         }
-        let Some(action) = self.audio_mut().take_due() else {
-            return;
-        };
-        self.submit(action);
+        Ok(())
     }
 
     fn submit(&mut self, action: Action) {
@@ -739,15 +765,17 @@ impl<'a> Session<'a> {
                     log(
                         "realtime_final_decoded",
                         serde_json::json!({"recording_id": self.recording_id,
+                            "speculative": action == Action::Speculate,
                             "window_ms": decoded as u64 * 1000 / 16_000,
                             "queued_ms": queued_ms, "decode_ms": decode_ms}),
                     );
                 }
                 words
             }
+            Decoded::Speculated(words) => words,
             // A shed partial: the next decode carries its words.
             Decoded::Shed => return Ok(()),
-            Decoded::Failed(e) if action == Action::Partial => {
+            Decoded::Failed(e) if matches!(action, Action::Partial | Action::Speculate) => {
                 log(
                     "realtime_decode_failed",
                     serde_json::json!({"recording_id": self.recording_id, "error": e}),
@@ -890,6 +918,12 @@ impl<'a> Session<'a> {
         let audio = self.audio_mut();
         let due = if last { audio.finish() } else { audio.commit() };
         if let Some(action) = due {
+            if let Some((words, decoded)) = self.audio_mut().take_speculation(action) {
+                let answer = Decoded::Speculated(words);
+                return self
+                    .on_decoded(ws, seq, action, decoded, answer, connected)
+                    .await;
+            }
             self.submit(action);
             let (action, decoded, answer) = self.inflight.take().expect("just submitted");
             let answer = answer

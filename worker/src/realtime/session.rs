@@ -34,6 +34,9 @@ pub struct SessionAudio {
     scratch: Vec<f32>,
     /// The strongest decode asked for and not yet run.
     due: Action,
+    /// A speculative final's words (window-relative), the buffer start and
+    /// the samples it decoded.
+    speculation: Option<(Vec<Word>, i64, usize)>,
 }
 
 fn ms_to_samples(ms: i64) -> usize {
@@ -64,6 +67,7 @@ impl SessionAudio {
                 .starting_at(offset_ms),
             scratch: Vec::new(),
             due: Action::Nothing,
+            speculation: None,
             start,
         })
     }
@@ -159,6 +163,27 @@ impl SessionAudio {
             w.end_ms += base;
         }
         self.due = Action::Nothing;
+        if action == Action::Speculate {
+            // Kept for the final; shown meanwhile as the partial.
+            let relative: Vec<Word> = words
+                .iter()
+                .map(|w| Word {
+                    start_ms: w.start_ms - base,
+                    end_ms: w.end_ms - base,
+                    ..w.clone()
+                })
+                .collect();
+            self.speculation = Some((relative, base, decoded));
+            return Outcome {
+                partial: if self.start.interim {
+                    words
+                } else {
+                    Vec::new()
+                },
+                ..Outcome::default()
+            };
+        }
+        self.speculation = None;
         let before = self.policy.buffer_start_ms();
         let decoded_ms = (decoded * 1000 / RATE) as i64;
         let outcome = self.policy.on_hypothesis(action, words, decoded_ms);
@@ -166,6 +191,20 @@ impl SessionAudio {
         let n = ms_to_samples(moved).min(self.buffer.len());
         self.buffer.drain(..n);
         outcome
+    }
+
+    /// For a final at the end of speech: the words of the speculative
+    /// decode (window-relative) and the samples it covered, if it heard all
+    /// the speech in the buffer, so no decode is needed.
+    pub fn take_speculation(&mut self, action: Action) -> Option<(Vec<Word>, usize)> {
+        let (words, start, decoded) = self.speculation.take()?;
+        let covered = action
+            == Action::Final {
+                end_of_speech: true,
+            }
+            && start == self.policy.buffer_start_ms()
+            && self.policy.quiet_after((decoded * 1000 / RATE) as i64);
+        covered.then_some((words, decoded))
     }
 
     /// The client's bytes not stored yet (whole samples), to store with the
@@ -202,6 +241,7 @@ fn strongest(a: Action, b: Action) -> Action {
             end_of_speech: x || y,
         },
         (f @ Action::Final { .. }, _) | (_, f @ Action::Final { .. }) => f,
+        (Action::Speculate, _) | (_, Action::Speculate) => Action::Speculate,
         (Action::Partial, _) | (_, Action::Partial) => Action::Partial,
         _ => Action::Nothing,
     }
@@ -332,6 +372,62 @@ mod tests {
             s.window().is_empty(),
             "a final at the end of speech empties the buffer"
         );
+    }
+
+    #[test]
+    fn a_speculative_decode_that_heard_all_the_speech_is_the_final_and_new_speech_voids_it() {
+        let rate = 16_000;
+        let word = |t: &str| Word {
+            text: t.into(),
+            start_ms: 100,
+            end_ms: 800,
+            probability: 0.9,
+        };
+        for speech_resumes in [false, true] {
+            let mut s =
+                SessionAudio::new(start(rate, "pcm_s16le", true), PolicySettings::default(), 0)
+                    .unwrap();
+            let mut audio = tone(rate, 1500);
+            audio.extend(vec![0.0; rate as usize * 2 / 5]);
+            let mut speculated = false;
+            for (i, chunk) in audio.chunks(rate as usize / 100).enumerate() {
+                s.on_frame(&s16(chunk), i as u64 * 10).unwrap();
+                match s.take_due() {
+                    Some(Action::Speculate) => {
+                        let n = s.window().len();
+                        let o = s.apply(Action::Speculate, vec![word("hum")], n);
+                        assert_eq!(o.partial.len(), 1, "shown as the partial");
+                        assert!(o.commit.is_empty(), "not committed yet");
+                        speculated = true;
+                    }
+                    Some(a @ Action::Partial) => {
+                        let n = s.window().len();
+                        s.apply(a, Vec::new(), n);
+                    }
+                    other => assert!(other.is_none(), "{other:?}"),
+                }
+            }
+            assert!(speculated, "a pause of 400 ms asks for the speculation");
+            if speech_resumes {
+                let t = s.received_ms();
+                for (i, chunk) in tone(rate, 300).chunks(160).enumerate() {
+                    s.on_frame(&s16(chunk), t + i as u64 * 10).unwrap();
+                }
+            }
+            let eos = Action::Final {
+                end_of_speech: true,
+            };
+            match (speech_resumes, s.take_speculation(eos)) {
+                (false, Some((words, decoded))) => {
+                    assert_eq!(words[0].start_ms, 100, "window-relative");
+                    let o = s.apply(eos, words, decoded);
+                    assert_eq!(o.commit.len(), 1);
+                }
+                (true, None) => {}
+                (resumed, got) => panic!("speech resumed: {resumed}, speculation {got:?}"),
+            }
+            assert!(s.take_speculation(eos).is_none(), "used once");
+        }
     }
 
     #[test]
