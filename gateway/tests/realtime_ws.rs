@@ -525,6 +525,17 @@ async fn bad_credentials_and_bad_input_get_precise_errors_and_close_codes() {
     registered(&s, 1).await;
     let (token, _) = s.user("bea").await;
     let bearer = format!("Bearer {token}");
+    // Someone else speaks on the same worker the whole time.
+    let (good_token, _) = s.user("gus").await;
+    let sentence = librivox().swap_remove(2);
+    let mut good = Client::connect(&s, Some(&format!("Bearer {good_token}")), "").await;
+    let good = tokio::spawn(async move {
+        assert_eq!(good.start(json!({})).await["type"], "ready");
+        good.stream(&pcm48(&[&sentence.0], 0.0), 1.0).await;
+        good.stream(&silence(10.0), 1.0).await;
+        good.text(json!({"type": "stop"})).await;
+        (sentence.1, good.until_close().await)
+    });
 
     // No credential, a forged one, a bad ticket: refused before any audio.
     for (auth, query) in [
@@ -584,12 +595,26 @@ async fn bad_credentials_and_bad_input_get_precise_errors_and_close_codes() {
     c.stream(&silence(12.0), 100.0).await;
     let seen = c.until_close().await;
     seen.refused(4429, "too_fast");
+    // A frame over the protocol's 256 KiB.
+    let mut c = Client::connect(&s, Some(&bearer), "").await;
+    c.start(json!({})).await;
+    c.sink
+        .send(Message::binary(vec![0u8; 300_000]))
+        .await
+        .unwrap();
+    c.until_close().await.refused(4400, "bad_frame");
     // A second start is out of order.
     let mut c = Client::connect(&s, Some(&bearer), "").await;
     c.start(json!({})).await;
     c.start(json!({})).await;
     let seen = c.until_close().await;
     seen.refused(4400, "bad_message");
+
+    // The other session was not disturbed.
+    let (reference, seen) = good.await.unwrap();
+    assert_eq!(seen.close, Some(1000), "{seen:?}");
+    let w = wer(&reference, &seen.finals_text());
+    assert!(w <= 0.25, "{w:.3}: {seen:?}");
 
     // Nothing is left half-done: every session ended exactly once.
     let open = s

@@ -225,6 +225,26 @@ impl StreamPolicy {
         Action::Nothing
     }
 
+    /// The final the buffer calls for now (end of speech or full), without
+    /// a new frame: a decode that ran while the last frames came must not
+    /// lose the final they asked for.
+    pub fn pending(&self) -> Action {
+        let s = self.settings;
+        if !self.speech_seen {
+            Action::Nothing
+        } else if self.silence_run_ms >= s.end_of_speech_ms {
+            Action::Final {
+                end_of_speech: true,
+            }
+        } else if self.buffered_ms >= s.max_utterance_ms {
+            Action::Final {
+                end_of_speech: false,
+            }
+        } else {
+            Action::Nothing
+        }
+    }
+
     /// Whether no frame after the first `ms` of the buffer was voiced (so a
     /// decode of those `ms` heard all the speech there is).
     pub fn quiet_after(&self, ms: i64) -> bool {
@@ -563,6 +583,7 @@ mod tests {
         assert_eq!(p.buffer_start_ms(), start + decoded);
         assert_eq!(p.buffered_ms(), 10 * FRAME);
         assert!(p.has_speech(), "the new speech is still pending");
+        assert_eq!(p.pending(), Action::Nothing, "it has not paused yet");
         // Its pause finalises it in turn.
         let asked = feed(&mut p, &"_".repeat(16));
         assert!(

@@ -360,9 +360,11 @@ async fn connection(
     mut detach: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
+    // Frames up to the gateway's limit are read, so the protocol's own
+    // check refuses those over MAX_FRAME_BYTES with a proper error.
     let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME_BYTES + 1024))
-        .max_frame_size(Some(MAX_FRAME_BYTES + 1024));
+        .max_message_size(Some(4 * MAX_FRAME_BYTES + 1024))
+        .max_frame_size(Some(4 * MAX_FRAME_BYTES + 1024));
     let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
     let mut seq = Sequencer::default();
     let handoff = match read_handoff(&mut ws).await {
@@ -990,6 +992,19 @@ impl<'a> Session<'a> {
     }
 
     async fn finish(&mut self, ws: &mut Socket, seq: &mut Sequencer, exit: Exit) {
+        let why = match &exit {
+            Exit::Stop => "stop".to_string(),
+            Exit::Refused(e) => format!("refused: {}", e.code.name()),
+            Exit::Quota => "quota".into(),
+            Exit::Dropped => "dropped".into(),
+            Exit::Detached(_) => "detached".into(),
+            Exit::Internal(e) => format!("internal: {e}"),
+        };
+        log(
+            "realtime_session_exit",
+            serde_json::json!({"recording_id": self.recording_id, "exit": why,
+                               "received_ms": self.received_ms()}),
+        );
         let outcome = match exit {
             Exit::Stop => match self.flush(ws, seq, true).await {
                 Ok(()) => self.end(None).await.map(|_| None),

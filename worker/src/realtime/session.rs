@@ -154,8 +154,9 @@ impl SessionAudio {
     /// [`Self::window`] for `action` gave, with times relative to the
     /// window (audio may have arrived since it was taken); returns what to
     /// send and commit (times on the session's timeline) and trims the
-    /// buffer. A decode asked for meanwhile is asked again by the next
-    /// frames if it is still due.
+    /// buffer. A final asked for meanwhile stays due if it still is (the
+    /// client may have sent its last frame); a partial is asked again by
+    /// the next frames.
     pub fn apply(&mut self, action: Action, mut words: Vec<Word>, decoded: usize) -> Outcome {
         let base = self.policy.buffer_start_ms();
         for w in &mut words {
@@ -174,6 +175,7 @@ impl SessionAudio {
                 })
                 .collect();
             self.speculation = Some((relative, base, decoded));
+            self.due = self.policy.pending();
             return Outcome {
                 partial: if self.start.interim {
                     words
@@ -190,6 +192,7 @@ impl SessionAudio {
         let moved = self.policy.buffer_start_ms() - before;
         let n = ms_to_samples(moved).min(self.buffer.len());
         self.buffer.drain(..n);
+        self.due = self.policy.pending();
         outcome
     }
 
@@ -428,6 +431,39 @@ mod tests {
             }
             assert!(s.take_speculation(eos).is_none(), "used once");
         }
+    }
+
+    #[test]
+    fn a_final_asked_for_while_a_decode_ran_stays_due_after_the_last_frame() {
+        let rate = 16_000;
+        let mut s = SessionAudio::new(start(rate, "pcm_s16le", true), PolicySettings::default(), 0)
+            .unwrap();
+        let mut audio = tone(rate, 1500);
+        audio.extend(vec![0.0; rate as usize]);
+        let mut in_flight = None;
+        for (i, chunk) in audio.chunks(rate as usize / 10).enumerate() {
+            s.on_frame(&s16(chunk), i as u64 * 100).unwrap();
+            // The first decode asked for runs until the audio has ended.
+            if in_flight.is_none() {
+                in_flight = s.take_due().map(|a| (a, s.window().len()));
+            }
+        }
+        let (action, n) = in_flight.expect("a decode was asked for");
+        assert_ne!(
+            action,
+            Action::Final {
+                end_of_speech: true
+            }
+        );
+        // The client has sent everything; the decode comes back.
+        s.apply(action, Vec::new(), n);
+        assert_eq!(
+            s.take_due(),
+            Some(Action::Final {
+                end_of_speech: true
+            }),
+            "the pause's final is still due"
+        );
     }
 
     #[test]
