@@ -299,8 +299,6 @@ pub fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// espeak-ng speech as a 16 kHz mono 16-bit WAV, with `pad_s` seconds of
-/// silence before and after.
 /// sox output options for what the tests feed the worker: 16 kHz mono 16-bit.
 pub const SOX_16K_MONO: [&str; 6] = ["-r", "16000", "-c", "1", "-b", "16"];
 
@@ -316,6 +314,8 @@ pub fn silence_wav(path: &Path, seconds: f32) {
     );
 }
 
+/// espeak-ng speech as a 16 kHz mono 16-bit WAV, with `pad_s` seconds of
+/// silence before and after.
 pub fn speech_wav(text: &str, voice: &str, pad_s: f32, dir: &Path, name: &str) -> PathBuf {
     let raw = dir.join(format!("{name}.raw.wav"));
     let wav = dir.join(format!("{name}.wav"));

@@ -48,12 +48,11 @@ async fn send(client: &mut WebSocket, event: Value) -> bool {
 }
 
 async fn close(client: &mut WebSocket, code: u16, reason: &str) {
-    let _ = client
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    super::realtime::close_client(client, Some(frame)).await;
 }
 
 /// The worker's `ready` (or its refusal, as an OpenAI error).

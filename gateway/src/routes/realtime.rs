@@ -82,12 +82,30 @@ async fn send(socket: &mut WebSocket, seq: &mut Sequencer, message: ServerMessag
 
 async fn refuse(socket: &mut WebSocket, seq: &mut Sequencer, e: ProtocolError) {
     send(socket, seq, e.to_message()).await;
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: e.code.close_code(),
-            reason: e.code.name().into(),
-        })))
-        .await;
+    let frame = CloseFrame {
+        code: e.code.close_code(),
+        reason: e.code.name().into(),
+    };
+    close_client(socket, Some(frame)).await;
+}
+
+/// Close the client's socket with `frame` and wait (at most 2 s, reading
+/// and dropping what it still sends) for its close in reply. Dropping the
+/// socket at once while the client still sends would reset the connection,
+/// and a reset makes the client's kernel discard what it had not read yet:
+/// the last finals, the error, the close code.
+pub(crate) async fn close_client(socket: &mut WebSocket, frame: Option<CloseFrame>) {
+    if socket.send(Message::Close(frame)).await.is_err() {
+        return;
+    }
+    let linger = async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), linger).await;
 }
 
 /// The client's `start`, the first message.
@@ -294,7 +312,7 @@ async fn drain(client: &mut WebSocket, worker: &mut WorkerSocket, last_seq: &mut
                     code: f.code.into(),
                     reason: f.reason.as_str().into(),
                 });
-                let _ = client.send(Message::Close(frame)).await;
+                close_client(client, frame).await;
                 return true;
             }
             _ => {}
@@ -342,7 +360,7 @@ async fn relay(mut client: WebSocket, mut worker: WorkerSocket, seq: Sequencer) 
                 }
                 Some(Ok(WorkerMessage::Close(frame))) => {
                     let frame = frame.map(|f| CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() });
-                    let _ = client.send(Message::Close(frame)).await;
+                    close_client(&mut client, frame).await;
                     return;
                 }
                 Some(Ok(_)) => {}

@@ -261,6 +261,10 @@ impl Engine {
                 speech_seconds,
             });
         }
+        // A fresh state for every transcription, realtime decodes included:
+        // whisper.cpp seeds its first decoder's random generator (used by the
+        // temperature fallback) only when a state is made, so a reused state
+        // would make each result depend on the decodes before it.
         let mut state = model
             .ctx
             .create_state()

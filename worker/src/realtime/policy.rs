@@ -74,7 +74,7 @@ pub enum Action {
         end_of_speech: bool,
     },
     /// A pause began: decode the buffer as a final would be, to be used
-    /// as the final if the pause lasts (see [`StreamPolicy::quiet_after`]).
+    /// as the final if the pause lasts (see [`StreamPolicy::quiet_between`]).
     Speculate,
     /// Drop this many ms of silence from the front of the buffer.
     DropSilence(i64),
@@ -110,6 +110,11 @@ pub struct StreamPolicy {
     /// runs while audio keeps coming, so what is left after a commit is
     /// judged again from these.
     voiced: std::collections::VecDeque<bool>,
+    /// Where the utterance awaiting its final ends (session timeline): the
+    /// buffer's end when the pause reached the end of speech, or when the
+    /// client asked for a commit. Speech that comes after it, while the
+    /// final waits for the decode pool, belongs to the next utterance.
+    utterance_end_ms: Option<i64>,
 }
 
 /// Words compared for agreement: case and punctuation do not matter.
@@ -160,6 +165,7 @@ impl StreamPolicy {
             speech_since_decode_ms: 0,
             previous: Vec::new(),
             voiced: std::collections::VecDeque::new(),
+            utterance_end_ms: None,
         }
     }
 
@@ -203,7 +209,10 @@ impl StreamPolicy {
                 Action::Nothing
             };
         }
-        if self.silence_run_ms >= s.end_of_speech_ms {
+        if self.silence_run_ms >= s.end_of_speech_ms && self.utterance_end_ms.is_none() {
+            self.utterance_end_ms = Some(self.end_ms());
+        }
+        if self.utterance_end_ms.is_some() {
             return Action::Final {
                 end_of_speech: true,
             };
@@ -229,14 +238,11 @@ impl StreamPolicy {
     /// a new frame: a decode that ran while the last frames came must not
     /// lose the final they asked for.
     pub fn pending(&self) -> Action {
-        let s = self.settings;
-        if !self.speech_seen {
-            Action::Nothing
-        } else if self.silence_run_ms >= s.end_of_speech_ms {
+        if self.utterance_end_ms.is_some() {
             Action::Final {
                 end_of_speech: true,
             }
-        } else if self.buffered_ms >= s.max_utterance_ms {
+        } else if self.speech_seen && self.buffered_ms >= self.settings.max_utterance_ms {
             Action::Final {
                 end_of_speech: false,
             }
@@ -245,11 +251,45 @@ impl StreamPolicy {
         }
     }
 
-    /// Whether no frame after the first `ms` of the buffer was voiced (so a
-    /// decode of those `ms` heard all the speech there is).
-    pub fn quiet_after(&self, ms: i64) -> bool {
-        let from = (ms / self.frame_ms.max(1)) as usize;
-        self.voiced.iter().skip(from).all(|v| !*v)
+    /// The session timeline's ms at the buffer's end.
+    fn end_ms(&self) -> i64 {
+        self.buffer_start_ms + self.buffered_ms
+    }
+
+    /// The client asked for a commit: the utterance awaiting its final ends
+    /// here (a no-op without speech).
+    pub fn mark_end(&mut self) {
+        if self.speech_seen {
+            self.utterance_end_ms = Some(self.end_ms());
+        }
+    }
+
+    /// The ms of the buffer a decode for `action` covers: a final at the end
+    /// of speech stops where its utterance ended, so speech that came after
+    /// (the next sentence, while the final waited) is not cut into it.
+    pub fn window_ms(&self, action: Action) -> i64 {
+        match (action, self.utterance_end_ms) {
+            (
+                Action::Final {
+                    end_of_speech: true,
+                },
+                Some(end),
+            ) => (end - self.buffer_start_ms).clamp(0, self.buffered_ms),
+            _ => self.buffered_ms,
+        }
+    }
+
+    /// Whether no frame between `a` and `b` ms into the buffer (either
+    /// order) was voiced: a decode of the first `a` ms heard all the speech
+    /// of the first `b`.
+    pub fn quiet_between(&self, a: i64, b: i64) -> bool {
+        let frame = self.frame_ms.max(1);
+        let (from, to) = (a.min(b) / frame, a.max(b) / frame);
+        self.voiced
+            .iter()
+            .skip(from as usize)
+            .take((to - from) as usize)
+            .all(|v| !*v)
     }
 
     /// The session dropped `ms` from the front of the buffer.
@@ -260,6 +300,12 @@ impl StreamPolicy {
         let keep = (self.buffered_ms / self.frame_ms.max(1)) as usize;
         while self.voiced.len() > keep {
             self.voiced.pop_front();
+        }
+        if self
+            .utterance_end_ms
+            .is_some_and(|end| end <= self.buffer_start_ms)
+        {
+            self.utterance_end_ms = None;
         }
     }
 
@@ -335,6 +381,9 @@ impl StreamPolicy {
             } else {
                 0
             };
+            self.utterance_end_ms = (self.speech_seen
+                && self.silence_run_ms >= self.settings.end_of_speech_ms)
+                .then(|| self.end_ms());
         }
         outcome
     }
@@ -481,13 +530,42 @@ mod tests {
         );
         let decoded = (40 + 8) * FRAME;
         assert!(
-            p.quiet_after(decoded),
+            p.quiet_between(decoded, p.buffered_ms()),
             "only silence after the speculated audio"
         );
         // Speech again: the speculation no longer covers all of it.
         feed(&mut p, "##");
-        assert!(!p.quiet_after(decoded));
-        assert!(p.quiet_after(p.buffered_ms()));
+        assert!(!p.quiet_between(decoded, p.buffered_ms()));
+        assert!(p.quiet_between(decoded, (40 + 20) * FRAME), "the pause was");
+        assert!(p.quiet_between(p.buffered_ms(), p.buffered_ms()));
+    }
+
+    #[test]
+    fn the_end_of_an_utterance_is_kept_until_its_final_commits() {
+        let mut p = StreamPolicy::new(PolicySettings::default(), FRAME);
+        feed(&mut p, &"#".repeat(40));
+        let eos = Action::Final {
+            end_of_speech: true,
+        };
+        assert_eq!(p.window_ms(eos), p.buffered_ms(), "no end yet: all of it");
+        // The pause ends the utterance; the final waits while the next
+        // sentence begins.
+        feed(&mut p, &".".repeat(20));
+        let end = (40 + 480 / FRAME) * FRAME;
+        let actions = feed(&mut p, &"#".repeat(10));
+        assert!(actions.iter().all(|(_, a)| *a == eos), "{actions:?}");
+        assert_eq!(p.pending(), eos);
+        assert_eq!(p.window_ms(eos), end, "the final stops in the pause");
+        assert_eq!(p.window_ms(Action::Partial), p.buffered_ms());
+        let o = p.on_hypothesis(eos, words("one two", 0), end);
+        assert_eq!(o.commit.len(), 2);
+        assert_eq!(p.buffer_start_ms(), end);
+        assert_eq!(p.pending(), Action::Nothing, "the new speech is not final");
+        assert!(p.has_speech());
+        // A commit ends the utterance where the buffer ends.
+        p.mark_end();
+        assert_eq!(p.window_ms(eos), p.buffered_ms());
+        assert_eq!(p.pending(), eos);
     }
 
     #[test]

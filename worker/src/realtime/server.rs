@@ -732,7 +732,7 @@ impl<'a> Session<'a> {
         let prompt = self.prompt();
         let received = self.received_ms();
         let audio = self.audio.as_ref().expect("audio after start");
-        let window = audio.window().to_vec();
+        let window = audio.window(action).to_vec();
         let decoded = window.len();
         let request = Request {
             session: self.key,

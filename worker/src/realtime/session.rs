@@ -141,9 +141,12 @@ impl SessionAudio {
         }
     }
 
-    /// The audio to decode: the buffer, 16 kHz, from [`Self::window_start_ms`].
-    pub fn window(&self) -> &[f32] {
-        &self.buffer
+    /// The audio a decode for `action` covers: the buffer (16 kHz, from
+    /// [`Self::window_start_ms`]), for a final at the end of speech only up
+    /// to where its utterance ended.
+    pub fn window(&self, action: Action) -> &[f32] {
+        let n = ms_to_samples(self.policy.window_ms(action)).min(self.buffer.len());
+        &self.buffer[..n]
     }
 
     pub fn window_start_ms(&self) -> i64 {
@@ -197,17 +200,24 @@ impl SessionAudio {
     }
 
     /// For a final at the end of speech: the words of the speculative
-    /// decode (window-relative) and the samples it covered, if it heard all
-    /// the speech in the buffer, so no decode is needed.
+    /// decode (window-relative) and the samples the final covers, if the
+    /// speculation heard all the speech of the final's window, so no decode
+    /// is needed.
     pub fn take_speculation(&mut self, action: Action) -> Option<(Vec<Word>, usize)> {
         let (words, start, decoded) = self.speculation.take()?;
-        let covered = action
-            == Action::Final {
+        if action
+            != (Action::Final {
                 end_of_speech: true,
-            }
-            && start == self.policy.buffer_start_ms()
-            && self.policy.quiet_after((decoded * 1000 / RATE) as i64);
-        covered.then_some((words, decoded))
+            })
+            || start != self.policy.buffer_start_ms()
+        {
+            return None;
+        }
+        let final_ms = self.policy.window_ms(action);
+        let speculated_ms = (decoded * 1000 / RATE) as i64;
+        self.policy
+            .quiet_between(speculated_ms, final_ms)
+            .then(|| (words, decoded.max(ms_to_samples(final_ms))))
     }
 
     /// The client's bytes not stored yet (whole samples), to store with the
@@ -231,7 +241,11 @@ impl SessionAudio {
     /// stream goes on).
     pub fn commit(&mut self) -> Option<Action> {
         let _ = self.take_due();
-        (self.policy.has_speech() && !self.buffer.is_empty()).then_some(Action::Final {
+        if !self.policy.has_speech() || self.buffer.is_empty() {
+            return None;
+        }
+        self.policy.mark_end();
+        Some(Action::Final {
             end_of_speech: true,
         })
     }
@@ -296,7 +310,7 @@ mod tests {
             s.on_frame(&s16(chunk), t0 + i as u64 * 100).unwrap();
             if let Some(a) = s.take_due() {
                 asked.push(a);
-                let n = s.window().len();
+                let n = s.window(a).len();
                 s.apply(a, Vec::new(), n);
             }
         }
@@ -312,9 +326,9 @@ mod tests {
         let asked = stream(&mut s, &vec![0.0; rate as usize * 5], rate, 0);
         assert!(asked.is_empty());
         assert!(
-            s.window().len() < RATE,
+            s.window(Action::Partial).len() < RATE,
             "{} samples kept of 5 s of silence",
-            s.window().len()
+            s.window(Action::Partial).len()
         );
         let mut audio = tone(rate, 2000);
         audio.extend(vec![0.0; rate as usize]);
@@ -348,7 +362,7 @@ mod tests {
             asked.is_empty(),
             "no partials, no final before the pause: {asked:?}"
         );
-        assert!(!s.window().is_empty());
+        assert!(!s.window(Action::Partial).is_empty());
         assert_eq!(
             s.finish(),
             Some(Action::Final {
@@ -357,7 +371,11 @@ mod tests {
         );
         // The window is on the session timeline: words come back shifted.
         let start_ms = s.window_start_ms();
-        let n = s.window().len();
+        let eos = Action::Final {
+            end_of_speech: true,
+        };
+        assert_eq!(s.window(eos), s.window(Action::Partial), "all of it");
+        let n = s.window(eos).len();
         let o = s.apply(
             Action::Final {
                 end_of_speech: true,
@@ -372,7 +390,7 @@ mod tests {
         );
         assert_eq!(o.commit[0].start_ms, start_ms + 10);
         assert!(
-            s.window().is_empty(),
+            s.window(Action::Partial).is_empty(),
             "a final at the end of speech empties the buffer"
         );
     }
@@ -397,14 +415,14 @@ mod tests {
                 s.on_frame(&s16(chunk), i as u64 * 10).unwrap();
                 match s.take_due() {
                     Some(Action::Speculate) => {
-                        let n = s.window().len();
+                        let n = s.window(Action::Speculate).len();
                         let o = s.apply(Action::Speculate, vec![word("hum")], n);
                         assert_eq!(o.partial.len(), 1, "shown as the partial");
                         assert!(o.commit.is_empty(), "not committed yet");
                         speculated = true;
                     }
                     Some(a @ Action::Partial) => {
-                        let n = s.window().len();
+                        let n = s.window(a).len();
                         s.apply(a, Vec::new(), n);
                     }
                     other => assert!(other.is_none(), "{other:?}"),
@@ -445,7 +463,7 @@ mod tests {
             s.on_frame(&s16(chunk), i as u64 * 100).unwrap();
             // The first decode asked for runs until the audio has ended.
             if in_flight.is_none() {
-                in_flight = s.take_due().map(|a| (a, s.window().len()));
+                in_flight = s.take_due().map(|a| (a, s.window(a).len()));
             }
         }
         let (action, n) = in_flight.expect("a decode was asked for");
@@ -464,6 +482,92 @@ mod tests {
             }),
             "the pause's final is still due"
         );
+    }
+
+    #[test]
+    fn a_final_waiting_for_the_pool_while_the_next_sentence_starts_keeps_to_its_own_utterance() {
+        // Under load a decode comes back late: the pause has ended the
+        // utterance and the next sentence has begun. The final is still due
+        // and covers only its utterance; the new speech waits for its own.
+        let rate = 16_000;
+        let eos = Action::Final {
+            end_of_speech: true,
+        };
+        for in_flight_kind in [Action::Speculate, Action::Partial] {
+            let mut s =
+                SessionAudio::new(start(rate, "pcm_s16le", true), PolicySettings::default(), 0)
+                    .unwrap();
+            let mut audio = tone(rate, 1500);
+            audio.extend(vec![0.0; rate as usize * 6 / 10]);
+            audio.extend(tone(rate, 400));
+            let mut in_flight = None;
+            let mut t = 0;
+            for chunk in audio.chunks(rate as usize / 100) {
+                s.on_frame(&s16(chunk), t).unwrap();
+                t += 10;
+                // One decode at a time: none is taken while one runs.
+                if in_flight.is_some() {
+                    continue;
+                }
+                match s.take_due() {
+                    Some(a) if a == in_flight_kind => in_flight = Some(s.window(a).len()),
+                    Some(a) => {
+                        let n = s.window(a).len();
+                        s.apply(a, Vec::new(), n);
+                    }
+                    None => {}
+                }
+            }
+            let n = in_flight.unwrap_or_else(|| panic!("no {in_flight_kind:?} was asked for"));
+            let word = Word {
+                text: "hum".into(),
+                start_ms: 100,
+                end_ms: 1400,
+                probability: 0.9,
+            };
+            s.apply(in_flight_kind, vec![word.clone()], n);
+            assert_eq!(
+                s.take_due(),
+                Some(eos),
+                "{in_flight_kind:?}: the final survives the new speech"
+            );
+            let start_ms = s.window_start_ms();
+            let window = s.window(eos).len();
+            let whole = s.window(Action::Partial).len();
+            let utterance_ms = (window * 1000 / RATE) as i64;
+            assert!(
+                (1500 + 480..=1500 + 600).contains(&(start_ms + utterance_ms)),
+                "{in_flight_kind:?}: the final's window ends in the pause, at {} ms",
+                start_ms + utterance_ms
+            );
+            assert!(
+                whole >= window + RATE * 3 / 10,
+                "the new speech is after it"
+            );
+            let (words, decoded) = match s.take_speculation(eos) {
+                Some(adopted) => {
+                    assert_eq!(in_flight_kind, Action::Speculate);
+                    adopted
+                }
+                None => {
+                    assert_eq!(
+                        in_flight_kind,
+                        Action::Partial,
+                        "the speculation heard it all"
+                    );
+                    (vec![word], window)
+                }
+            };
+            assert_eq!(decoded, window, "the final ends where its utterance ended");
+            let o = s.apply(eos, words, decoded);
+            assert_eq!(o.commit.len(), 1);
+            assert_eq!(
+                s.window(Action::Partial).len(),
+                whole - window,
+                "the next sentence stays in the buffer"
+            );
+            assert_eq!(s.take_due(), None, "and is not final yet");
+        }
     }
 
     #[test]
