@@ -172,6 +172,13 @@ impl ApiError {
                 err.retry_after = Some(secs as u64);
             }
         }
+        if let Some(secs) = detail
+            .split("; ")
+            .find_map(|kv| kv.strip_prefix("retry_after: "))
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            err.retry_after = Some(secs);
+        }
         if code == s2t_core::sqlstate::INVALID_INPUT || code == s2t_core::sqlstate::CONFLICT {
             // The extension names the field in the detail ("field: email").
             if let Some(field) = detail.strip_prefix("field: ") {

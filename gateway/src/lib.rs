@@ -9,7 +9,7 @@
 //! - Pure logic with unit tests: [`tokens`] (passwords, JWTs, refresh
 //!   tokens), [`throttle`], [`limits`] (hashing and upload slots),
 //!   [`pgtls`] (`sslmode` for PostgreSQL), [`cursor`], [`range`],
-//!   [`transcript`], [`tickets`], [`realtime_compat`] (OpenAI's realtime
+//!   [`transcript`], [`realtime_compat`] (OpenAI's realtime
 //!   transcription events).
 //! - [`error`]: problem details and the SQLSTATE → HTTP mapping;
 //!   [`events`]: LISTEN/NOTIFY fan-out for Server-Sent Events;
@@ -30,7 +30,6 @@ pub mod range;
 pub mod realtime_compat;
 pub mod routes;
 pub mod throttle;
-pub mod tickets;
 pub mod tokens;
 pub mod transcript;
 
@@ -59,8 +58,6 @@ pub struct Inner {
     pub hashing: limits::Hashing,
     /// Uploads in flight per user.
     pub uploads: limits::UploadSlots,
-    /// One-time tickets for browser WebSockets.
-    pub tickets: tickets::Tickets,
     pub cors: config::CorsOrigins,
     pub events: events::Hub,
     pub metrics: observe::Metrics,
@@ -102,7 +99,6 @@ impl AppState {
                     std::time::Duration::from_millis(config.hash_wait_ms),
                 ),
                 uploads: limits::UploadSlots::new(config.max_uploads_in_flight),
-                tickets: tickets::Tickets::default(),
                 cors,
                 config,
                 pool,

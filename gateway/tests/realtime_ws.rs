@@ -113,7 +113,12 @@ impl Client {
     /// Connect to `/ws/s2t` with `auth` as the Authorization header (or
     /// none) and `query` appended to the URL.
     async fn connect(s: &Stack, auth: Option<&str>, query: &str) -> Client {
-        let url = format!("{}/ws/s2t{query}", s.base.replace("http://", "ws://"));
+        Client::connect_to(&s.base, auth, query).await
+    }
+
+    /// [`Client::connect`] to the gateway at `base`.
+    async fn connect_to(base: &str, auth: Option<&str>, query: &str) -> Client {
+        let url = format!("{}/ws/s2t{query}", base.replace("http://", "ws://"));
         let mut request = url.into_client_request().unwrap();
         if let Some(a) = auth {
             request
@@ -550,17 +555,46 @@ async fn bad_credentials_and_bad_input_get_precise_errors_and_close_codes() {
         assert_eq!(seen.close, Some(4401), "{auth:?} {query}: {seen:?}");
         assert_eq!(seen.error_code(), Some("unauthorized"));
     }
-    // A ticket works once.
+    // A ticket works once, at any gateway: this one issues it, a second
+    // gateway on the same database redeems it.
+    let spool = common::temp_dir("second-gateway");
+    let second = common::serve(common::test_config(&s.db, &spool, 50 << 20))
+        .await
+        .expect("a second gateway");
     let (status, t) = s.post_json("/ws/ticket", json!({}), Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["expires_in"], 30);
     let query = format!("?ticket={}", t["ticket"].as_str().unwrap());
-    let mut c = Client::connect(&s, None, &query).await;
+    let mut c = Client::connect_to(&second, None, &query).await;
     assert_eq!(c.start(json!({})).await["type"], "ready");
     c.text(json!({"type": "stop"})).await;
     let seen = c.until_close().await;
     assert_eq!(seen.close, Some(1000), "{seen:?}");
     let again = Client::connect(&s, None, &query).await.until_close().await;
     assert_eq!(again.close, Some(4401), "a spent ticket: {again:?}");
+    // Twenty unused at most; the next is refused with when to retry.
+    for _ in 0..20 {
+        let (status, t) = s.post_json("/ws/ticket", json!({}), Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{t}");
+    }
+    let res = s
+        .http
+        .post(s.url("/ws/ticket"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "S2L01", "{problem}");
+    std::fs::remove_dir_all(&spool).ok();
 
     // Audio before start; a sample rate nobody records at; text that is
     // not the protocol.

@@ -1270,3 +1270,92 @@ ALTER FUNCTION add_realtime_final(uuid, uuid, bytea, jsonb) OWNER TO s2t_definer
 ALTER FUNCTION extend_realtime_grant(uuid, uuid, bigint) OWNER TO s2t_definer;
 ALTER FUNCTION end_realtime_session(uuid, uuid, bytea, text) OWNER TO s2t_definer;
 -- == end realtime sessions ==
+
+-- == websocket tickets ==
+-- One-time tickets for browser WebSockets: a browser cannot set an
+-- Authorization header on a WebSocket, so it trades its token for a ticket
+-- (POST /ws/ticket) and puts that in the URL of /ws/s2t. Kept here, not in
+-- a gateway's memory, so a ticket one gateway issued is good at any other
+-- behind the same proxy. Only SHA-256 hashes are stored; a ticket is spent
+-- by its first use, and at most 20 unused ones per user exist at once.
+CREATE TABLE ws_tickets (
+    ticket_hash bytea PRIMARY KEY CHECK (octet_length(ticket_hash) = 32),
+    user_id     uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX ws_tickets_user_idx ON ws_tickets (user_id);
+CREATE INDEX ws_tickets_expiry_idx ON ws_tickets (expires_at);
+COMMENT ON TABLE ws_tickets IS 'One-time WebSocket tickets (SHA-256 hashes only): who may open /ws/s2t with it, until when. Reached only through issue_ws_ticket and redeem_ws_ticket.';
+-- No policy and no grant: only the functions below reach it.
+ALTER TABLE ws_tickets ENABLE ROW LEVEL SECURITY;
+
+CREATE FUNCTION issue_ws_ticket(in_user_id uuid, in_ticket_hash bytea, in_ttl interval DEFAULT interval '30 seconds')
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_unused int;
+    v_oldest timestamptz;
+    v_expires timestamptz;
+BEGIN
+    PERFORM _assert_may_act_for(in_user_id);
+    IF octet_length(in_ticket_hash) IS DISTINCT FROM 32 THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'ticket_hash must be 32 bytes (SHA-256)';
+    END IF;
+    IF in_ttl IS NULL OR in_ttl <= interval '0' OR in_ttl > interval '5 minutes' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01',
+            MESSAGE = format('a ticket lives more than 0 and at most 5 minutes, got %s', in_ttl);
+    END IF;
+    -- The user's row lock serialises one user's requests, so the limit
+    -- holds however many race (NO KEY UPDATE: inserts that reference the
+    -- user are not held up).
+    PERFORM FROM users u WHERE u.id = in_user_id AND u.status = 'active' FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = format('user %s not found', in_user_id),
+            HINT = 'A disabled account gets no tickets.';
+    END IF;
+    DELETE FROM ws_tickets t WHERE t.user_id = in_user_id AND t.expires_at <= now();
+    SELECT count(*), min(t.expires_at) INTO v_unused, v_oldest FROM ws_tickets t WHERE t.user_id = in_user_id;
+    IF v_unused >= 20 THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2L01',
+            MESSAGE = 'at most 20 unused WebSocket tickets at once; use one or let them expire',
+            DETAIL = format('retry_after: %s', greatest(1, ceil(extract(epoch FROM v_oldest - now()))::int));
+    END IF;
+    INSERT INTO ws_tickets (ticket_hash, user_id, expires_at)
+    VALUES (in_ticket_hash, in_user_id, now() + in_ttl)
+    RETURNING expires_at INTO v_expires;
+    RETURN v_expires;
+END
+$$;
+COMMENT ON FUNCTION issue_ws_ticket(uuid, bytea, interval) IS 'Stores a one-time WebSocket ticket (its SHA-256) for the user, good for in_ttl (at most 5 minutes); returns when it expires. Errors: S2L01 20 unused tickets already (detail retry_after: seconds), S2N01 unknown or disabled user, S2V01.';
+
+CREATE FUNCTION redeem_ws_ticket(in_ticket_hash bytea) RETURNS uuid
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+    WITH spent AS (
+        DELETE FROM s2t.ws_tickets t WHERE t.ticket_hash = in_ticket_hash
+        RETURNING t.user_id, t.expires_at
+    )
+    SELECT s.user_id FROM spent s JOIN s2t.users u ON u.id = s.user_id
+     WHERE s.expires_at > now() AND u.status = 'active'
+$$;
+COMMENT ON FUNCTION redeem_ws_ticket(bytea) IS 'Spends a WebSocket ticket (by SHA-256): the user it was issued to, or NULL when it is unknown, already used, expired or the user is disabled. A ticket is spent even when it is refused.';
+
+CREATE FUNCTION purge_ws_tickets() RETURNS int
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+    WITH gone AS (DELETE FROM s2t.ws_tickets t WHERE t.expires_at <= now() RETURNING 1)
+    SELECT count(*)::int FROM gone
+$$;
+COMMENT ON FUNCTION purge_ws_tickets() IS 'Maintenance: deletes expired WebSocket tickets; returns how many.';
+
+REVOKE EXECUTE ON FUNCTION issue_ws_ticket(uuid, bytea, interval), redeem_ws_ticket(bytea), purge_ws_tickets() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION issue_ws_ticket(uuid, bytea, interval), redeem_ws_ticket(bytea) TO s2t_app;
+GRANT EXECUTE ON FUNCTION purge_ws_tickets() TO s2t_worker;
+ALTER TABLE ws_tickets OWNER TO s2t_definer;
+GRANT EXECUTE ON FUNCTION issue_ws_ticket(uuid, bytea, interval), redeem_ws_ticket(bytea), purge_ws_tickets()
+    TO s2t_definer;
+ALTER FUNCTION issue_ws_ticket(uuid, bytea, interval) OWNER TO s2t_definer;
+ALTER FUNCTION redeem_ws_ticket(bytea) OWNER TO s2t_definer;
+ALTER FUNCTION purge_ws_tickets() OWNER TO s2t_definer;
+-- == end websocket tickets ==

@@ -22,6 +22,11 @@ pub const CONFLICT: &str = "S2C01";
 /// says `retry_after: <seconds>`).
 pub const BUSY: &str = "S2B01";
 
+/// A per-user limit on things outstanding at once (unused WebSocket
+/// tickets) is reached; retry later (the detail says `retry_after:
+/// <seconds>`).
+pub const LIMIT_REACHED: &str = "S2L01";
+
 /// Every code with its name and the HTTP status a gateway should answer.
 pub const ALL: &[(&str, &str, u16)] = &[
     (QUOTA_USAGE_EXCEEDED, "quota_usage_exceeded", 429),
@@ -31,6 +36,7 @@ pub const ALL: &[(&str, &str, u16)] = &[
     (INVALID_INPUT, "invalid_input", 422),
     (CONFLICT, "conflict", 409),
     (BUSY, "busy", 503),
+    (LIMIT_REACHED, "limit_reached", 429),
 ];
 
 /// The HTTP status for one of our SQLSTATEs, if it is one.

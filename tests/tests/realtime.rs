@@ -511,3 +511,151 @@ async fn the_application_cannot_play_the_worker() {
     }
     app.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// 32 random bytes, as a ticket's SHA-256 is.
+fn random_hash() -> Vec<u8> {
+    [Uuid::new_v4(), Uuid::new_v4()]
+        .iter()
+        .flat_map(|u| *u.as_bytes())
+        .collect()
+}
+
+/// Issue a WebSocket ticket for `user` acting as them; its hash.
+async fn issue(app: &Client, user: Uuid) -> Result<Vec<u8>, tokio_postgres::Error> {
+    let ticket = random_hash();
+    act_as(app, user).await;
+    let r = app
+        .query_one("SELECT s2t.issue_ws_ticket($1, $2)", &[&user, &ticket])
+        .await;
+    app.batch_execute(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .await
+        .unwrap();
+    r.map(|_| ticket)
+}
+
+async fn redeem(app: &Client, ticket: &[u8]) -> Option<Uuid> {
+    app.query_one("SELECT s2t.redeem_ws_ticket($1)", &[&ticket])
+        .await
+        .expect("redeem")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_websocket_ticket_is_good_once_until_it_expires_and_twenty_at_most_under_a_race() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "rt_tess").await;
+    let app = db.connect_as(APP_LOGIN).await;
+
+    let t = issue(&app, user).await.expect("issue");
+    // Any connection (any gateway) redeems it, once.
+    let other = db.connect_as(APP_LOGIN).await;
+    assert_eq!(redeem(&other, &t).await, Some(user));
+    assert_eq!(redeem(&app, &t).await, None, "spent");
+    assert_eq!(redeem(&app, &hash(9)).await, None, "never issued");
+
+    let late = issue(&app, user).await.unwrap();
+    db.admin
+        .execute(
+            "UPDATE s2t.ws_tickets SET expires_at = now() - interval '1 second' WHERE ticket_hash = $1",
+            &[&late],
+        )
+        .await
+        .unwrap();
+    assert_eq!(redeem(&app, &late).await, None, "expired");
+
+    // Not for someone else, not a malformed hash, not too long a life.
+    let mallory = register(&db.admin, "rt_mallory").await;
+    act_as(&app, mallory).await;
+    expect_code(
+        app.query_one("SELECT s2t.issue_ws_ticket($1, $2)", &[&user, &hash(3)])
+            .await,
+        "S2N01",
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+    act_as(&app, user).await;
+    expect_code(
+        app.query_one("SELECT s2t.issue_ws_ticket($1, '\\x00'::bytea)", &[&user])
+            .await,
+        "S2V01",
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+    act_as(&app, user).await;
+    expect_code(
+        app.query_one(
+            "SELECT s2t.issue_ws_ticket($1, $2, interval '1 hour')",
+            &[&user, &hash(3)],
+        )
+        .await,
+        "S2V01",
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+
+    // 40 at once from separate connections: exactly 20 are issued.
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let url = db.url(APP_LOGIN);
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            match issue(&c, user).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let (_, detail, _) = expect_code(Err::<(), _>(e), "S2L01");
+                    let secs: i64 = detail
+                        .strip_prefix("retry_after: ")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| panic!("{detail}"));
+                    assert!((1..=30).contains(&secs), "{detail}");
+                    None
+                }
+            }
+        }));
+    }
+    let mut issued = Vec::new();
+    for t in tasks {
+        issued.extend(t.await.unwrap());
+    }
+    assert_eq!(issued.len(), 20);
+    // Spending one makes room for one more.
+    assert_eq!(redeem(&app, &issued[0]).await, Some(user));
+    issue(&app, user).await.expect("room for one");
+    expect_code(issue(&app, user).await, "S2L01");
+
+    // A disabled account's tickets are refused, and it gets no new ones.
+    db.admin
+        .execute(
+            "UPDATE s2t.users SET status = 'disabled' WHERE id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    assert_eq!(redeem(&app, &issued[1]).await, None);
+    expect_code(issue(&app, user).await, "S2N01");
+
+    // The application cannot read the table; maintenance purges the expired.
+    expect_code(
+        app.query_one("SELECT count(*) FROM s2t.ws_tickets", &[])
+            .await,
+        "42501",
+    );
+    db.admin
+        .execute(
+            "UPDATE s2t.ws_tickets SET expires_at = now() - interval '1 second'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let w = db.connect_as(WORKER_LOGIN).await;
+    let purged: i32 = w
+        .query_one("SELECT s2t.purge_ws_tickets()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(purged, 19, "the unspent ones");
+    let left: i64 = db
+        .admin
+        .query_one("SELECT count(*) FROM s2t.ws_tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}

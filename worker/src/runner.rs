@@ -285,12 +285,14 @@ async fn maintain(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             let tokens = client
                 .query_one("SELECT s2t.purge_refresh_tokens()", &[])
                 .await;
+            let tickets = client.query_one("SELECT s2t.purge_ws_tickets()", &[]).await;
             log(
                 "maintenance",
                 serde_json::json!({
                     "cycles_reset": reset.map(|r| r.get::<_, i32>(0)).ok(),
                     "recordings_deleted": deleted,
                     "refresh_tokens_purged": tokens.map(|r| r.get::<_, i32>(0)).ok(),
+                    "ws_tickets_purged": tickets.map(|r| r.get::<_, i32>(0)).ok(),
                 }),
             );
         }

@@ -22,7 +22,7 @@ use s2t_core::realtime::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message as WorkerMessage;
 use uuid::Uuid;
 
@@ -31,18 +31,53 @@ const START_WAIT: Duration = Duration::from_secs(10);
 /// Connecting to the worker may take this long.
 const WORKER_CONNECT: Duration = Duration::from_secs(5);
 
+/// How long a WebSocket ticket is good for.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// `POST /ws/ticket`: a one-time ticket for a browser's WebSocket, stored
+/// (as its SHA-256) in the database, so any gateway redeems it.
 pub async fn ticket(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<Value>, ApiError> {
-    let ticket = state.tickets.issue(user, Instant::now()).map_err(|e| {
-        ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, e.to_string()).with_retry_after(30)
-    })?;
+    let ticket = crate::tokens::new_refresh_token();
+    let mut client = crate::db::client(&state.pool).await?;
+    let tx = crate::db::begin_as(&mut client, user).await?;
+    tx.query_one(
+        "SELECT s2t.issue_ws_ticket($1, $2, make_interval(secs => $3::float8))",
+        &[
+            &user,
+            &crate::tokens::token_hash(&ticket),
+            &(TICKET_TTL.as_secs() as f64),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Json(json!({
         "ticket": ticket,
-        "expires_in": crate::tickets::TICKET_TTL.as_secs(),
+        "expires_in": TICKET_TTL.as_secs(),
         "url": format!("/ws/s2t?ticket={ticket}"),
     })))
+}
+
+/// The user a ticket was issued to, spending it.
+async fn redeem(state: &AppState, ticket: &str) -> Result<Uuid, ProtocolError> {
+    let internal = |e: ApiError| ProtocolError::new(ErrorCode::Internal, e.problem.detail);
+    let client = crate::db::client(&state.pool).await.map_err(internal)?;
+    let user: Option<Uuid> = client
+        .query_one(
+            "SELECT s2t.redeem_ws_ticket($1)",
+            &[&crate::tokens::token_hash(ticket)],
+        )
+        .await
+        .map_err(|e| internal(e.into()))?
+        .get(0);
+    user.ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::Unauthorized,
+            "unknown, used or expired WebSocket ticket",
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -60,13 +95,13 @@ pub async fn ws(
     // The header when there is one (a bad header is not rescued by a
     // ticket), else the ticket; either way the verdict is sent after the
     // upgrade, where a browser can read it.
-    let who = if headers.contains_key(axum::http::header::AUTHORIZATION) || query.ticket.is_none() {
-        caller.map(|c| c.user).map_err(|e| e.problem.detail)
-    } else {
-        state
-            .tickets
-            .redeem(query.ticket.as_deref().unwrap_or_default(), Instant::now())
-            .map_err(|e| e.to_string())
+    let who = match query.ticket.as_deref() {
+        Some(ticket) if !headers.contains_key(axum::http::header::AUTHORIZATION) => {
+            redeem(&state, ticket).await
+        }
+        _ => caller
+            .map(|c| c.user)
+            .map_err(|e| ProtocolError::new(ErrorCode::Unauthorized, e.problem.detail)),
     };
     upgrade
         // Larger frames than the protocol's limit reach the worker, which
@@ -219,18 +254,11 @@ async fn admit(
     Ok((row.get(0), row.get(1)))
 }
 
-async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, String>) {
+async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, ProtocolError>) {
     let mut seq = Sequencer::default();
     let user = match who {
         Ok(u) => u,
-        Err(why) => {
-            return refuse(
-                &mut socket,
-                &mut seq,
-                ProtocolError::new(ErrorCode::Unauthorized, why),
-            )
-            .await;
-        }
+        Err(e) => return refuse(&mut socket, &mut seq, e).await,
     };
     let start = match read_start(&mut socket).await {
         Ok(s) => s,
