@@ -27,7 +27,12 @@ struct Clip {
 /// Makes every clip of the list as a 16 kHz WAV, as bench/asr_corpus.py does.
 fn clips(dir: &Path) -> Vec<Clip> {
     let list = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/short_clips.tsv"),
+        // The directory at run time (cargo sets it), not the compiled-in one.
+        Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("tests/data/short_clips.tsv"),
     )
     .expect("short_clips.tsv");
     let mut out = Vec::new();

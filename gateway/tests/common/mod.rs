@@ -276,9 +276,11 @@ pub fn speech_wav(text: &str) -> Vec<u8> {
 /// as JSON. Fails the test with its stderr if it fails.
 pub async fn python_client(script: &str, arg: &std::path::Path, base: &str, token: &str) -> Value {
     let python = std::env::var("S2T_PYTHON").expect("make test sets S2T_PYTHON");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(script);
+    // The directory at run time (cargo sets it), not the one compiled in:
+    // a build shared with another checkout would point there.
+    let here =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let script = PathBuf::from(here).join("tests").join(script);
     let (arg, base, token) = (arg.to_path_buf(), base.to_string(), token.to_string());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
