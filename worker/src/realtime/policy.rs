@@ -428,6 +428,33 @@ pub fn pick_next(queue: &[Pending], shed_ms: i64) -> (Option<usize>, Vec<usize>)
     (next, shed)
 }
 
+/// A decode that is running, as [`preempt`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Running {
+    /// A partial: the only kind that may be cancelled.
+    pub partial: bool,
+    /// When it started, in ms on any clock shared by the pool.
+    pub started_ms: i64,
+    /// Already asked to stop (it frees its decoder soon).
+    pub cancelled: bool,
+}
+
+/// Which running decodes to cancel so that waiting finals start now
+/// instead of behind partials: while more finals wait than decoders are
+/// free (or about to be, having been cancelled already), cancel the partial
+/// that started last, which loses the least work. Finals and speculations
+/// are never cancelled; a cancelled partial is answered as shed.
+pub fn preempt(waiting_finals: usize, idle: usize, running: &[Running]) -> Vec<usize> {
+    let freeing = running.iter().filter(|r| r.cancelled).count();
+    let need = waiting_finals.saturating_sub(idle + freeing);
+    let mut partials: Vec<usize> = (0..running.len())
+        .filter(|&i| running[i].partial && !running[i].cancelled)
+        .collect();
+    partials.sort_by_key(|&i| std::cmp::Reverse(running[i].started_ms));
+    partials.truncate(need);
+    partials
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,5 +766,37 @@ mod tests {
         let (next, _) = pick_next(&q[..2], 3000);
         assert_eq!(next, Some(1), "the partial furthest behind");
         assert_eq!(pick_next(&[], 3000), (None, vec![]));
+    }
+
+    fn running(partial: bool, started_ms: i64, cancelled: bool) -> Running {
+        Running {
+            partial,
+            started_ms,
+            cancelled,
+        }
+    }
+
+    #[test]
+    fn a_waiting_final_cancels_the_newest_partial_and_never_a_final_or_speculation() {
+        let busy = [
+            running(true, 100, false),
+            running(false, 200, false),
+            running(true, 300, false),
+        ];
+        // A decoder is free: nothing to cancel.
+        assert!(preempt(1, 1, &busy).is_empty());
+        // None free: the partial that started last goes.
+        assert_eq!(preempt(1, 0, &busy), vec![2]);
+        // Two finals waiting: both partials, never the final (index 1).
+        assert_eq!(preempt(2, 0, &busy), vec![2, 0]);
+        assert_eq!(preempt(5, 0, &busy), vec![2, 0]);
+        // One already cancelled frees a decoder for the first final.
+        let one_going = [running(true, 100, false), running(true, 300, true)];
+        assert!(preempt(1, 0, &one_going).is_empty());
+        assert_eq!(preempt(2, 0, &one_going), vec![0]);
+        // No final waiting: partials run on.
+        assert!(preempt(0, 0, &busy).is_empty());
+        // Only finals and speculations (partial = false) running: wait.
+        assert!(preempt(3, 0, &[running(false, 1, false), running(false, 2, false)]).is_empty());
     }
 }

@@ -3,12 +3,16 @@
 //! cores), one queue, and [`pick_next`] choosing what runs: finals first,
 //! then the partial of the session furthest behind; partials of sessions
 //! too far behind are shed (answered [`Decoded::Shed`]) so a loaded worker
-//! falls back to finals only instead of falling further behind.
+//! falls back to finals only instead of falling further behind. A final
+//! that would wait because every decoder is busy cancels the newest running
+//! partial ([`preempt`]), so a final waits only for other finals and
+//! speculations.
 //!
 //! The decode itself is a function given to [`DecodePool::start`], so the
 //! scheduling is tested here without a model.
 
-use super::policy::{pick_next, Action, Pending, Word};
+use super::policy::{pick_next, preempt, Action, Pending, Running, Word};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -42,7 +46,9 @@ pub enum Decoded {
     Failed(String),
 }
 
-pub type DecodeFn = dyn Fn(&Request) -> Result<Vec<Word>, String> + Send + Sync;
+/// Decodes one request; the flag is set when the pool cancels it (the
+/// decode should stop soon, and its answer is then [`Decoded::Shed`]).
+pub type DecodeFn = dyn Fn(&Request, &Arc<AtomicBool>) -> Result<Vec<Word>, String> + Send + Sync;
 
 struct Queued {
     request: Request,
@@ -50,11 +56,26 @@ struct Queued {
     reply: oneshot::Sender<Decoded>,
 }
 
+/// A decode in progress.
+struct Slot {
+    partial: bool,
+    started_ms: i64,
+    cancel: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: Vec<Queued>,
+    closed: bool,
+    running: Vec<Slot>,
+}
+
 struct Shared {
-    queue: Mutex<(Vec<Queued>, bool)>,
+    state: Mutex<State>,
     ready: Condvar,
     epoch: Instant,
     shed_ms: i64,
+    decoders: usize,
 }
 
 pub struct DecodePool {
@@ -67,12 +88,13 @@ impl DecodePool {
     /// `shed_ms` behind are shed.
     pub fn start(decoders: usize, shed_ms: i64, decode: Arc<DecodeFn>) -> DecodePool {
         let shared = Arc::new(Shared {
-            queue: Mutex::new((Vec::new(), false)),
+            state: Mutex::new(State::default()),
             ready: Condvar::new(),
             epoch: Instant::now(),
             shed_ms,
+            decoders: decoders.max(1),
         });
-        let threads = (0..decoders.max(1))
+        let threads = (0..shared.decoders)
             .map(|i| {
                 let shared = shared.clone();
                 let decode = decode.clone();
@@ -88,26 +110,47 @@ impl DecodePool {
     /// Queue a decode; the answer arrives on the returned receiver.
     pub fn submit(&self, request: Request) -> oneshot::Receiver<Decoded> {
         let (reply, answer) = oneshot::channel();
-        let mut q = self.shared.queue.lock().expect("decode queue");
-        q.0.push(Queued {
+        let is_final = matches!(request.action, Action::Final { .. });
+        let mut st = self.shared.state.lock().expect("decode queue");
+        st.queue.push(Queued {
             request,
             at: Instant::now(),
             reply,
         });
-        drop(q);
+        if is_final {
+            let waiting = st
+                .queue
+                .iter()
+                .filter(|j| matches!(j.request.action, Action::Final { .. }))
+                .count();
+            let idle = self.shared.decoders.saturating_sub(st.running.len());
+            let running: Vec<Running> = st
+                .running
+                .iter()
+                .map(|r| Running {
+                    partial: r.partial,
+                    started_ms: r.started_ms,
+                    cancelled: r.cancel.load(Ordering::Relaxed),
+                })
+                .collect();
+            for i in preempt(waiting, idle, &running) {
+                st.running[i].cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        drop(st);
         self.shared.ready.notify_one();
         answer
     }
 
     /// Decodes waiting (not running).
     pub fn queued(&self) -> usize {
-        self.shared.queue.lock().expect("decode queue").0.len()
+        self.shared.state.lock().expect("decode queue").queue.len()
     }
 }
 
 impl Drop for DecodePool {
     fn drop(&mut self) {
-        self.shared.queue.lock().expect("decode queue").1 = true;
+        self.shared.state.lock().expect("decode queue").closed = true;
         self.shared.ready.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -118,27 +161,28 @@ impl Drop for DecodePool {
 fn decode_loop(shared: &Shared, decode: &DecodeFn) {
     loop {
         let job = {
-            let mut q = shared.queue.lock().expect("decode queue");
+            let mut q = shared.state.lock().expect("decode queue");
             loop {
-                if q.1 {
+                if q.closed {
                     return;
                 }
-                if !q.0.is_empty() {
+                if !q.queue.is_empty() {
                     break;
                 }
                 q = shared.ready.wait(q).expect("decode queue");
             }
-            let pending: Vec<Pending> =
-                q.0.iter()
-                    .map(|j| Pending {
-                        session: j.request.session,
-                        // A speculative final may be shed like a partial: the
-                        // final itself is then decoded.
-                        is_final: matches!(j.request.action, Action::Final { .. }),
-                        lag_ms: j.request.lag_ms + j.at.elapsed().as_millis() as i64,
-                        queued_ms: j.at.duration_since(shared.epoch).as_millis() as i64,
-                    })
-                    .collect();
+            let pending: Vec<Pending> = q
+                .queue
+                .iter()
+                .map(|j| Pending {
+                    session: j.request.session,
+                    // A speculative final may be shed like a partial: the
+                    // final itself is then decoded.
+                    is_final: matches!(j.request.action, Action::Final { .. }),
+                    lag_ms: j.request.lag_ms + j.at.elapsed().as_millis() as i64,
+                    queued_ms: j.at.duration_since(shared.epoch).as_millis() as i64,
+                })
+                .collect();
             let (next, shed) = pick_next(&pending, shared.shed_ms);
             // Remove from the back so the indices stay valid.
             let mut take: Vec<usize> = shed.iter().copied().chain(next).collect();
@@ -146,20 +190,36 @@ fn decode_loop(shared: &Shared, decode: &DecodeFn) {
             take.dedup();
             let mut chosen = None;
             for i in take.into_iter().rev() {
-                let job = q.0.swap_remove(i);
+                let job = q.queue.swap_remove(i);
                 if Some(i) == next {
                     chosen = Some(job);
                 } else {
                     let _ = job.reply.send(Decoded::Shed);
                 }
             }
-            chosen
+            chosen.map(|job| {
+                let cancel = Arc::new(AtomicBool::new(false));
+                q.running.push(Slot {
+                    partial: job.request.action == Action::Partial,
+                    started_ms: shared.epoch.elapsed().as_millis() as i64,
+                    cancel: cancel.clone(),
+                });
+                (job, cancel)
+            })
         };
-        let Some(job) = job else { continue };
+        let Some((job, cancel)) = job else { continue };
         let queued_ms = job.at.elapsed().as_millis() as u64;
         let began = Instant::now();
-        let result = decode(&job.request);
+        let result = decode(&job.request, &cancel);
         let decode_ms = began.elapsed().as_millis() as u64;
+        {
+            let mut q = shared.state.lock().expect("decode queue");
+            q.running.retain(|r| !Arc::ptr_eq(&r.cancel, &cancel));
+        }
+        if cancel.load(Ordering::Relaxed) {
+            let _ = job.reply.send(Decoded::Shed);
+            continue;
+        }
         let _ = job.reply.send(match result {
             Ok(words) => Decoded::Words {
                 words,
@@ -174,7 +234,6 @@ fn decode_loop(shared: &Shared, decode: &DecodeFn) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn request(session: u64, action: Action, lag_ms: i64) -> Request {
         Request {
@@ -196,7 +255,7 @@ mod tests {
         let pool = DecodePool::start(
             1,
             3_000,
-            Arc::new(move |r: &Request| {
+            Arc::new(move |r: &Request, _: &Arc<AtomicBool>| {
                 s.store(true, Ordering::SeqCst);
                 // The first decode waits until everything else is queued.
                 let mut open = g.0.lock().unwrap();
@@ -212,7 +271,8 @@ mod tests {
                 }])
             }),
         );
-        let first = pool.submit(request(1, Action::Partial, 0));
+        // A speculation, which a final does not cancel.
+        let first = pool.submit(request(1, Action::Speculate, 0));
         while !started.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
@@ -248,7 +308,7 @@ mod tests {
         let pool = DecodePool::start(
             2,
             3_000,
-            Arc::new(|r: &Request| {
+            Arc::new(|r: &Request, _: &Arc<AtomicBool>| {
                 if r.session == 1 {
                     Err("whisper failed".into())
                 } else {
@@ -266,5 +326,66 @@ mod tests {
             assert!(matches!(good, Decoded::Words { ref words, .. } if words.is_empty()));
         });
         drop(pool);
+    }
+
+    #[test]
+    fn a_final_cancels_the_running_partial_instead_of_waiting_behind_it() {
+        let pool = DecodePool::start(
+            1,
+            3_000,
+            Arc::new(|r: &Request, cancel: &Arc<AtomicBool>| {
+                if r.action == Action::Partial {
+                    // A long partial: runs until cancelled (or 30 s).
+                    let began = Instant::now();
+                    while !cancel.load(Ordering::Relaxed) {
+                        assert!(
+                            began.elapsed().as_secs() < 30,
+                            "the partial was never cancelled"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                Ok(vec![Word {
+                    text: format!("s{}", r.session),
+                    start_ms: 0,
+                    end_ms: 1,
+                    probability: 1.0,
+                }])
+            }),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let partial = pool.submit(request(1, Action::Partial, 0));
+            // Let the partial start before the final comes.
+            while pool.queued() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let final_ = pool.submit(request(
+                2,
+                Action::Final {
+                    end_of_speech: true,
+                },
+                0,
+            ));
+            assert!(matches!(partial.await.unwrap(), Decoded::Shed));
+            match final_.await.unwrap() {
+                Decoded::Words { words, .. } => assert_eq!(words[0].text, "s2"),
+                other => panic!("{other:?}"),
+            }
+            // A speculation is not cancelled by a final: it runs to its end.
+            let spec = pool.submit(request(3, Action::Speculate, 0));
+            let again = pool.submit(request(
+                4,
+                Action::Final {
+                    end_of_speech: true,
+                },
+                0,
+            ));
+            assert!(matches!(spec.await.unwrap(), Decoded::Words { .. }));
+            assert!(matches!(again.await.unwrap(), Decoded::Words { .. }));
+        });
     }
 }

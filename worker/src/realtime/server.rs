@@ -35,6 +35,7 @@ use s2t_core::realtime::{
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -131,7 +132,9 @@ pub async fn serve(
     let pool = DecodePool::start(
         settings.decoders,
         settings.shed_ms,
-        Arc::new(move |r: &Request| decode(&decode_engine, r, threads, final_beam)),
+        Arc::new(move |r: &Request, cancel: &Arc<AtomicBool>| {
+            decode(&decode_engine, r, cancel, threads, final_beam)
+        }),
     );
     let ctx = Arc::new(Ctx {
         settings,
@@ -221,6 +224,7 @@ async fn heartbeat(ctx: Arc<Ctx>, mut db: Client) {
 fn decode(
     engine: &Engine,
     r: &Request,
+    cancel: &Arc<AtomicBool>,
     threads: i32,
     final_beam: i32,
 ) -> Result<Vec<Word>, String> {
@@ -231,6 +235,7 @@ fn decode(
             final_beam
         },
         prompt: r.prompt.clone(),
+        cancel: Some(cancel.clone()),
         ..TranscribeOptions::new(r.language.clone(), threads)
     };
     let t = engine
