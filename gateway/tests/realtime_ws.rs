@@ -586,11 +586,7 @@ async fn bad_credentials_and_bad_input_get_precise_errors_and_close_codes() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = common::retry_after(&res);
     assert!((1..=30).contains(&retry), "{retry}");
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "S2L01", "{problem}");

@@ -300,3 +300,13 @@ pub async fn python_client(script: &str, arg: &std::path::Path, base: &str, toke
     );
     serde_json::from_slice(&out.stdout).expect("the client prints JSON")
 }
+
+/// The whole seconds of a response's `Retry-After` header (which must be
+/// there).
+pub fn retry_after(res: &reqwest::Response) -> u64 {
+    res.headers()["retry-after"]
+        .to_str()
+        .expect("Retry-After is text")
+        .parse()
+        .expect("Retry-After is whole seconds")
+}
