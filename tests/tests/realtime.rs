@@ -460,6 +460,61 @@ async fn a_failed_session_keeps_its_finals_unbilled_and_resume_needs_the_owner()
 }
 
 #[tokio::test]
+async fn a_worker_the_gateway_cannot_reach_loses_the_session_to_another_at_once() {
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "rt_ivo").await;
+    let w = db.connect_as(WORKER_LOGIN).await;
+    let app = db.connect_as(APP_LOGIN).await;
+    let gone = worker(&w, "w1", 4).await;
+    let (rec, at, handoff, resume) = open(&app, user).await.unwrap();
+    assert_eq!(at, gone);
+    take(&w, gone, &handoff).await.unwrap();
+    final_(&w, rec, gone, &pcm(500), Some(seg(0, 0, 400, "kept")))
+        .await
+        .unwrap();
+    let resume_naming = |unreachable: Uuid, handoff: Vec<u8>| {
+        let (app, resume) = (&app, resume.clone());
+        async move {
+            act_as(app, user).await;
+            let row = app
+                .query_one(
+                    "SELECT recording_id, worker_id, same_worker FROM s2t.resume_realtime_session($1, $2, $3, $4)",
+                    &[&user, &resume, &handoff, &unreachable],
+                )
+                .await;
+            app.batch_execute(if row.is_ok() { "COMMIT" } else { "ROLLBACK" })
+                .await
+                .unwrap();
+            row
+        }
+    };
+    // It still beats, but the gateway could not connect: with no other
+    // worker the answer is busy, and the session stays where it was.
+    expect_code(resume_naming(gone, hash(3)).await, "S2B01");
+    let live = worker(&w, "w2", 4).await;
+    let handoff = hash(4);
+    let moved = resume_naming(gone, handoff.clone()).await.expect("moved");
+    assert_eq!(moved.get::<_, Uuid>(0), rec);
+    assert_eq!(moved.get::<_, Uuid>(1), live);
+    assert!(!moved.get::<_, bool>(2));
+    // The old worker can no longer write to it or end it; the new one goes
+    // on after the saved final.
+    expect_code(
+        final_(&w, rec, gone, &pcm(100), Some(seg(1, 500, 600, "late"))).await,
+        "S2N01",
+    );
+    let taken = take(&w, live, &handoff)
+        .await
+        .expect("the new worker takes it");
+    assert_eq!(taken.get::<_, i32>(1), 1, "next final after the saved one");
+    // Naming a worker that is not the session's changes nothing else.
+    let stays = resume_naming(gone, hash(5)).await.expect("resume");
+    assert_eq!(stays.get::<_, Uuid>(1), live);
+    assert!(stays.get::<_, bool>(2));
+    assert!(end(&w, rec, live, &[], None).await);
+}
+
+#[tokio::test]
 async fn the_application_cannot_play_the_worker() {
     let db = TestDb::new().await;
     let user = register(&db.admin, "rt_gus").await;

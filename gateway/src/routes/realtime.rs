@@ -205,14 +205,24 @@ fn tracing_log(what: &str) {
     eprintln!("{}", json!({"event": "realtime_error", "error": what}));
 }
 
-/// Open or resume: the recording and the worker to connect to.
+/// Where a session is to be served: its recording and the worker.
+struct Assigned {
+    recording: Uuid,
+    worker: Uuid,
+    address: String,
+}
+
+/// Open or resume: the recording and the worker to connect to. `moving`
+/// names a worker this gateway could not reach: the session (opened or
+/// resumed a moment ago under `resume`) goes to another one.
 async fn admit(
     state: &AppState,
     user: Uuid,
     start: &StartRequest,
     handoff: &str,
     resume: &str,
-) -> Result<(Uuid, String), ProtocolError> {
+    moving: Option<Uuid>,
+) -> Result<Assigned, ProtocolError> {
     let mut client = crate::db::client(&state.pool).await.map_err(|_| {
         ProtocolError::new(
             ErrorCode::Busy,
@@ -226,17 +236,18 @@ async fn admit(
         crate::tokens::token_hash(handoff),
         crate::tokens::token_hash(resume),
     );
-    let resuming = start.resume_token.is_some();
+    let resuming = start.resume_token.is_some() || moving.is_some();
     let row = if resuming {
         tx.query_one(
-            "SELECT recording_id, worker_address FROM s2t.resume_realtime_session($1, $2, $3)",
-            &[&user, &resume_hash, &handoff_hash],
+            "SELECT recording_id, worker_id, worker_address
+               FROM s2t.resume_realtime_session($1, $2, $3, $4)",
+            &[&user, &resume_hash, &handoff_hash, &moving],
         )
         .await
     } else {
         let language = start.language.clone().unwrap_or_else(|| "auto".into());
         tx.query_one(
-            "SELECT recording_id, worker_address
+            "SELECT recording_id, worker_id, worker_address
                FROM s2t.open_realtime_session($1, $2, $3, $4, '{}'::jsonb, $5, $6)",
             &[
                 &user,
@@ -249,9 +260,15 @@ async fn admit(
         )
         .await
     }
-    .map_err(|e| refusal(&e, resuming))?;
-    tx.commit().await.map_err(|e| refusal(&e, resuming))?;
-    Ok((row.get(0), row.get(1)))
+    .map_err(|e| refusal(&e, start.resume_token.is_some()))?;
+    tx.commit()
+        .await
+        .map_err(|e| refusal(&e, start.resume_token.is_some()))?;
+    Ok(Assigned {
+        recording: row.get(0),
+        worker: row.get(1),
+        address: row.get(2),
+    })
 }
 
 async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, ProtocolError>) {
@@ -273,49 +290,68 @@ async fn session(state: AppState, mut socket: WebSocket, who: Result<Uuid, Proto
 pub(crate) type WorkerSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Workers tried for one session before the client is told to retry: a
+/// worker that died still looks live for up to 15 s, so the session moves
+/// on to the next one at once.
+const WORKER_ATTEMPTS: usize = 3;
+
 /// Admit the session (open or resume), connect to its worker and hand it
-/// over; what comes back on the socket is the worker's protocol.
+/// over; what comes back on the socket is the worker's protocol. A worker
+/// that does not answer is named to the database, which moves the session
+/// to another live worker with room.
 pub(crate) async fn connect_worker(
     state: &AppState,
     user: Uuid,
     start: StartRequest,
 ) -> Result<WorkerSocket, ProtocolError> {
-    let handoff = crate::tokens::new_refresh_token();
     let resume = start
         .resume_token
         .clone()
         .unwrap_or_else(crate::tokens::new_refresh_token);
-    let (recording, address) = admit(state, user, &start, &handoff, &resume).await?;
-    let worker = tokio::time::timeout(
-        WORKER_CONNECT,
-        tokio_tungstenite::connect_async(address.as_str()),
-    )
-    .await;
-    let mut worker = match worker {
-        Ok(Ok((w, _))) => w,
-        _ => {
-            tracing_log(&format!(
-                "worker {address} for recording {recording} did not answer"
-            ));
-            return Err(ProtocolError::new(
-                ErrorCode::Busy,
-                "the worker for this session did not answer; resume with the same start in 5 s",
-            ));
+    let mut moving = None;
+    for _ in 0..WORKER_ATTEMPTS {
+        // A fresh hand-off each time: one sent to an unreachable worker is
+        // never reused.
+        let handoff = crate::tokens::new_refresh_token();
+        let at = admit(state, user, &start, &handoff, &resume, moving).await?;
+        match hand_over(&at.address, handoff, &resume, &start).await {
+            Some(worker) => return Ok(worker),
+            None => {
+                tracing_log(&format!(
+                    "worker {} ({}) for recording {} did not answer; moving the session",
+                    at.worker, at.address, at.recording
+                ));
+                moving = Some(at.worker);
+            }
         }
-    };
+    }
+    Err(ProtocolError::new(
+        ErrorCode::Busy,
+        "no worker for this session answered; retry in 5 s",
+    ))
+}
+
+/// Connect to a worker and give it the session, or None if it does not
+/// answer in time.
+async fn hand_over(
+    address: &str,
+    token: String,
+    resume: &str,
+    start: &StartRequest,
+) -> Option<WorkerSocket> {
+    let (mut worker, _) =
+        tokio::time::timeout(WORKER_CONNECT, tokio_tungstenite::connect_async(address))
+            .await
+            .ok()?
+            .ok()?;
     let hello = Handoff {
-        token: handoff,
-        resume_token: resume,
-        start,
+        token,
+        resume_token: resume.to_string(),
+        start: start.clone(),
     };
     let hello = serde_json::to_string(&hello).expect("a hand-off serialises");
-    if worker.send(WorkerMessage::text(hello)).await.is_err() {
-        return Err(ProtocolError::new(
-            ErrorCode::Busy,
-            "the worker for this session went away; retry in 5 s",
-        ));
-    }
-    Ok(worker)
+    worker.send(WorkerMessage::text(hello)).await.ok()?;
+    Some(worker)
 }
 
 #[derive(Deserialize)]

@@ -222,8 +222,9 @@ END
 $$;
 COMMENT ON FUNCTION _check_session_tokens(bytea, bytea) IS 'Internal: S2V01 unless both token hashes are 32 bytes.';
 
--- A live worker with room, locked for this transaction, or NULL.
-CREATE FUNCTION _pick_worker() RETURNS workers
+-- A live worker with room, locked for this transaction, or NULL; never
+-- in_except (a worker the gateway could not reach).
+CREATE FUNCTION _pick_worker(in_except uuid DEFAULT NULL) RETURNS workers
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -232,7 +233,7 @@ DECLARE
 BEGIN
     FOR v_worker IN
         SELECT w.* FROM s2t.workers w
-         WHERE s2t._worker_is_live(w.heartbeat_at) AND w.capacity > 0
+         WHERE s2t._worker_is_live(w.heartbeat_at) AND w.capacity > 0 AND w.id IS DISTINCT FROM in_except
          ORDER BY (SELECT count(*) FROM s2t.realtime_sessions s WHERE s.worker_id = w.id AND NOT s.ended)::float8
                   / w.capacity, random()
     LOOP
@@ -247,7 +248,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION _pick_worker() IS 'Internal: the least loaded live worker with room (row locked), or NULL.';
+COMMENT ON FUNCTION _pick_worker(uuid) IS 'Internal: the least loaded live worker with room (row locked) other than in_except, or NULL.';
 
 CREATE FUNCTION _raise_busy() RETURNS void
 LANGUAGE plpgsql
@@ -298,7 +299,8 @@ END
 $$;
 COMMENT ON FUNCTION open_realtime_session(uuid, text, int, text, jsonb, bytea, bytea) IS 'The gateway opens a realtime session for a user: admits a realtime recording (quota), opens its WAV audio and assigns a live worker with room; the worker must take the hand-off within 30 s. Errors: S2B01 no capacity (retry), S2Q01/S2Q02 quota, S2S01 disabled user, S2N01, S2V01 bad format or token hashes.';
 
-CREATE FUNCTION resume_realtime_session(in_user_id uuid, in_resume_hash bytea, in_handoff_hash bytea)
+CREATE FUNCTION resume_realtime_session(in_user_id uuid, in_resume_hash bytea, in_handoff_hash bytea,
+                                        in_unreachable_worker uuid DEFAULT NULL)
 RETURNS TABLE (recording_id uuid, worker_id uuid, worker_address text, same_worker boolean)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
@@ -314,10 +316,16 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'S2N01', MESSAGE = 'no open realtime session has this resume token',
             HINT = 'A session can be resumed until it ends (60 s after its connection dropped); start a new one.';
     END IF;
-    SELECT * INTO v_worker FROM workers w WHERE w.id = v_session.worker_id AND _worker_is_live(w.heartbeat_at);
+    -- A worker that died looks live until its heartbeat is 15 s old; the
+    -- gateway that could not reach it names it, and the session moves at
+    -- once. A move only ever concerns the caller's own session, and the
+    -- old worker can no longer write to it (_served_session).
+    SELECT * INTO v_worker FROM workers w
+     WHERE w.id = v_session.worker_id AND _worker_is_live(w.heartbeat_at)
+       AND w.id IS DISTINCT FROM in_unreachable_worker;
     IF v_worker.id IS NULL THEN
         -- Its worker is gone: another one continues from the stored audio.
-        v_worker := _pick_worker();
+        v_worker := _pick_worker(in_unreachable_worker);
         IF v_worker.id IS NULL THEN
             PERFORM _raise_busy();
         END IF;
@@ -329,7 +337,7 @@ BEGIN
                         v_worker.id IS NOT DISTINCT FROM v_session.worker_id;
 END
 $$;
-COMMENT ON FUNCTION resume_realtime_session(uuid, bytea, bytea) IS 'The gateway resumes one''s own open session by its resume token with a new hand-off, on the same worker while it lives or on another with room. Errors: S2N01 unknown or ended, S2B01 no capacity, S2V01.';
+COMMENT ON FUNCTION resume_realtime_session(uuid, bytea, bytea, uuid) IS 'The gateway resumes one''s own open session by its resume token with a new hand-off, on the same worker while it lives or on another with room; in_unreachable_worker (one the gateway could not connect to) is never chosen. Errors: S2N01 unknown or ended, S2B01 no capacity, S2V01.';
 
 CREATE FUNCTION take_realtime_session(in_worker_id uuid, in_handoff_hash bytea)
 RETURNS TABLE (recording_id uuid, user_id uuid, language text, sample_rate int, encoding text,
@@ -491,12 +499,12 @@ COMMENT ON FUNCTION end_realtime_session(uuid, uuid, bytea, text) IS 'The worker
 REVOKE EXECUTE ON FUNCTION _worker_is_live(timestamptz), _le_bytes(bigint, int), _wav_header(int, text, bigint),
     _bytes_per_sample(text), register_worker(text, text, int), unregister_worker(uuid),
     _session_audio_ms(realtime_sessions), _end_session(realtime_sessions, text), _end_orphaned_sessions(),
-    heartbeat_worker(uuid, uuid[]), _check_session_tokens(bytea, bytea), _pick_worker(), _raise_busy(),
-    open_realtime_session(uuid, text, int, text, jsonb, bytea, bytea), resume_realtime_session(uuid, bytea, bytea),
+    heartbeat_worker(uuid, uuid[]), _check_session_tokens(bytea, bytea), _pick_worker(uuid), _raise_busy(),
+    open_realtime_session(uuid, text, int, text, jsonb, bytea, bytea), resume_realtime_session(uuid, bytea, bytea, uuid),
     take_realtime_session(uuid, bytea), _served_session(uuid, uuid), add_realtime_final(uuid, uuid, bytea, jsonb),
     extend_realtime_grant(uuid, uuid, bigint), end_realtime_session(uuid, uuid, bytea, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION open_realtime_session(uuid, text, int, text, jsonb, bytea, bytea),
-    resume_realtime_session(uuid, bytea, bytea) TO s2t_app;
+    resume_realtime_session(uuid, bytea, bytea, uuid) TO s2t_app;
 GRANT EXECUTE ON FUNCTION register_worker(text, text, int), unregister_worker(uuid), heartbeat_worker(uuid, uuid[]),
     take_realtime_session(uuid, bytea), add_realtime_final(uuid, uuid, bytea, jsonb),
     extend_realtime_grant(uuid, uuid, bigint), end_realtime_session(uuid, uuid, bytea, text) TO s2t_worker;
