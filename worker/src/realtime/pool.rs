@@ -6,12 +6,13 @@
 //! falls back to finals only instead of falling further behind. A final
 //! that would wait because every decoder is busy cancels the newest running
 //! partial ([`preempt`]), so a final waits only for other finals and
-//! speculations.
+//! speculations, and while finals wait they are decoded greedily
+//! ([`greedy_when_behind`]) so the backlog drains faster.
 //!
 //! The decode itself is a function given to [`DecodePool::start`], so the
 //! scheduling is tested here without a model.
 
-use super::policy::{pick_next, preempt, Action, Pending, Running, Word};
+use super::policy::{greedy_when_behind, pick_next, preempt, Action, Pending, Running, Word};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -28,6 +29,9 @@ pub struct Request {
     pub prompt: Option<String>,
     /// How far behind real time the session is, in ms.
     pub lag_ms: i64,
+    /// Set by the pool when a final or speculation starts while the pool is
+    /// behind ([`greedy_when_behind`]): decode it greedily.
+    pub greedy: bool,
 }
 
 /// What became of a request.
@@ -38,6 +42,8 @@ pub enum Decoded {
         /// Time in the queue and decoding, for the session's lag.
         queued_ms: u64,
         decode_ms: u64,
+        /// Decoded greedily because the pool was behind.
+        greedy: bool,
     },
     /// A partial dropped because its session is too far behind.
     Shed,
@@ -197,7 +203,16 @@ fn decode_loop(shared: &Shared, decode: &DecodeFn) {
                     let _ = job.reply.send(Decoded::Shed);
                 }
             }
-            chosen.map(|job| {
+            chosen.map(|mut job| {
+                if job.request.action != Action::Partial {
+                    let others = q
+                        .queue
+                        .iter()
+                        .filter(|j| j.request.action != Action::Partial)
+                        .count();
+                    let waited = job.at.elapsed().as_millis() as i64;
+                    job.request.greedy = greedy_when_behind(others, waited);
+                }
                 let cancel = Arc::new(AtomicBool::new(false));
                 q.running.push(Slot {
                     partial: job.request.action == Action::Partial,
@@ -225,6 +240,7 @@ fn decode_loop(shared: &Shared, decode: &DecodeFn) {
                 words,
                 queued_ms,
                 decode_ms,
+                greedy: job.request.greedy,
             },
             Err(e) => Decoded::Failed(e),
         });
@@ -243,6 +259,7 @@ mod tests {
             language: "en".into(),
             prompt: None,
             lag_ms,
+            greedy: false,
         }
     }
 
@@ -386,6 +403,79 @@ mod tests {
             ));
             assert!(matches!(spec.await.unwrap(), Decoded::Words { .. }));
             assert!(matches!(again.await.unwrap(), Decoded::Words { .. }));
+        });
+    }
+
+    #[test]
+    fn finals_waiting_behind_finals_are_decoded_greedily_and_a_lone_final_keeps_the_beam() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let started = Arc::new(AtomicBool::new(false));
+        let (g, o, st) = (gate.clone(), seen.clone(), started.clone());
+        let pool = DecodePool::start(
+            1,
+            3_000,
+            Arc::new(move |r: &Request, _: &Arc<AtomicBool>| {
+                st.store(true, Ordering::SeqCst);
+                let mut open = g.0.lock().unwrap();
+                while !*open {
+                    open = g.1.wait(open).unwrap();
+                }
+                o.lock().unwrap().push((r.session, r.greedy));
+                Ok(Vec::new())
+            }),
+        );
+        let fin = |session| {
+            request(
+                session,
+                Action::Final {
+                    end_of_speech: true,
+                },
+                0,
+            )
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = pool.submit(fin(1));
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let second = pool.submit(fin(2));
+        let partial = pool.submit(request(9, Action::Partial, 0));
+        let third = pool.submit(fin(3));
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        rt.block_on(async {
+            for answer in [first, second, third, partial] {
+                assert!(matches!(answer.await.unwrap(), Decoded::Words { .. }));
+            }
+        });
+        // The first started with nothing waiting; the second with the third
+        // behind it; the third alone and soon; a partial is greedy anyway.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(1, false), (2, true), (3, false), (9, false)]
+        );
+        // Once it has waited long enough, even a lone final is greedy.
+        *gate.0.lock().unwrap() = false;
+        started.store(false, Ordering::SeqCst);
+        let blocker = pool.submit(request(7, Action::Partial, 0));
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let late = pool.submit(fin(8));
+        std::thread::sleep(std::time::Duration::from_millis(
+            super::super::policy::BEHIND_WAIT_MS as u64 + 50,
+        ));
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        rt.block_on(async {
+            let _ = blocker.await.unwrap();
+            match late.await.unwrap() {
+                Decoded::Words { greedy, .. } => assert!(greedy),
+                other => panic!("{other:?}"),
+            }
         });
     }
 }

@@ -229,7 +229,7 @@ fn decode(
     final_beam: i32,
 ) -> Result<Vec<Word>, String> {
     let opts = TranscribeOptions {
-        beam_size: if r.action == Action::Partial {
+        beam_size: if r.action == Action::Partial || r.greedy {
             1
         } else {
             final_beam
@@ -746,6 +746,7 @@ impl<'a> Session<'a> {
             language: self.language.clone(),
             prompt,
             lag_ms: received - self.decoded_through_ms,
+            greedy: false,
         };
         self.inflight = Some((action, decoded, self.ctx.pool.submit(request)));
     }
@@ -766,6 +767,7 @@ impl<'a> Session<'a> {
                 words,
                 queued_ms,
                 decode_ms,
+                greedy,
             } => {
                 if action != Action::Partial {
                     // One line per final: where its latency went.
@@ -774,7 +776,7 @@ impl<'a> Session<'a> {
                         serde_json::json!({"recording_id": self.recording_id,
                             "speculative": action == Action::Speculate,
                             "window_ms": decoded as u64 * 1000 / 16_000,
-                            "queued_ms": queued_ms, "decode_ms": decode_ms}),
+                            "queued_ms": queued_ms, "decode_ms": decode_ms, "greedy": greedy}),
                     );
                 }
                 words
