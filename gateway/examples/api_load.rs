@@ -7,43 +7,24 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Parser)]
 struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     base: String,
+    #[arg(long, default_value_t = 8)]
     users: usize,
+    #[arg(long)]
     wav: String,
+    #[arg(long, default_value = "bench/results/api.json")]
     out: String,
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Written once the users exist; the run continues when `go` exists
     /// (the bench script seeds recordings in between).
+    #[arg(long = "ready-file")]
     ready: Option<String>,
+    #[arg(long = "go-file")]
     go: Option<String>,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        base: "http://127.0.0.1:8080".into(),
-        users: 8,
-        wav: String::new(),
-        out: "bench/results/api.json".into(),
-        seconds: 10,
-        ready: None,
-        go: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--base" => a.base = value,
-            "--users" => a.users = value.parse().expect("--users N"),
-            "--wav" => a.wav = value,
-            "--out" => a.out = value,
-            "--seconds" => a.seconds = value.parse().expect("--seconds N"),
-            "--ready-file" => a.ready = Some(value),
-            "--go-file" => a.go = Some(value),
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    a
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -112,7 +93,7 @@ fn summary(name: &str, clients: usize, r: &(usize, usize, Vec<f64>, f64)) -> Val
 
 #[tokio::main]
 async fn main() {
-    let a = args();
+    let a = <Args as clap::Parser>::parse();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(128)
         .build()

@@ -16,54 +16,30 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+#[derive(clap::Parser)]
 struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     base: String,
     /// 48 kHz mono s16le, raw.
+    #[arg(long)]
     pcm: String,
     /// The batch transcript of one pass of `pcm`.
+    #[arg(long)]
     reference: String,
+    /// Concurrent sessions per run, e.g. 1,2,4,8.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     sessions: Vec<usize>,
+    #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// The long single session (0: none).
+    #[arg(long, default_value_t = 600)]
     long_seconds: u64,
+    #[arg(long, default_value = "bench/results/realtime.json")]
     out: String,
+    #[arg(long = "ready-file")]
     ready: Option<String>,
+    #[arg(long = "go-file")]
     go: Option<String>,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        base: "http://127.0.0.1:8080".into(),
-        pcm: String::new(),
-        reference: String::new(),
-        sessions: vec![1, 2, 4, 8],
-        seconds: 60,
-        long_seconds: 600,
-        out: "bench/results/realtime.json".into(),
-        ready: None,
-        go: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--base" => a.base = value,
-            "--pcm" => a.pcm = value,
-            "--reference" => a.reference = value,
-            "--sessions" => {
-                a.sessions = value
-                    .split(',')
-                    .map(|n| n.parse().expect("--sessions 1,2,4"))
-                    .collect()
-            }
-            "--seconds" => a.seconds = value.parse().expect("--seconds N"),
-            "--long-seconds" => a.long_seconds = value.parse().expect("--long-seconds N"),
-            "--out" => a.out = value,
-            "--ready-file" => a.ready = Some(value),
-            "--go-file" => a.go = Some(value),
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    a
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -251,7 +227,7 @@ fn summarise(traces: &[Trace], reference_pass: &str, pass_seconds: f64) -> Value
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let a = args();
+    let a = <Args as clap::Parser>::parse();
     let pcm = std::sync::Arc::new(std::fs::read(&a.pcm).expect("--pcm"));
     let reference = std::fs::read_to_string(&a.reference).expect("--reference");
     let pass_seconds = pcm.len() as f64 / 96_000.0;
