@@ -13,6 +13,7 @@
 //! - [`billing`]: signatures of billing events (HMAC-SHA256 with a time).
 
 pub mod billing;
+pub mod chunk;
 pub mod problem;
 pub mod queue;
 pub mod realtime;
