@@ -236,8 +236,9 @@ async fn admit(
         crate::tokens::token_hash(handoff),
         crate::tokens::token_hash(resume),
     );
-    let resuming = start.resume_token.is_some() || moving.is_some();
-    let row = if resuming {
+    // The client's own resume (an unknown token is its error) or a move.
+    let client_resume = start.resume_token.is_some();
+    let row = if client_resume || moving.is_some() {
         tx.query_one(
             "SELECT recording_id, worker_id, worker_address
                FROM s2t.resume_realtime_session($1, $2, $3, $4)",
@@ -260,10 +261,8 @@ async fn admit(
         )
         .await
     }
-    .map_err(|e| refusal(&e, start.resume_token.is_some()))?;
-    tx.commit()
-        .await
-        .map_err(|e| refusal(&e, start.resume_token.is_some()))?;
+    .map_err(|e| refusal(&e, client_resume))?;
+    tx.commit().await.map_err(|e| refusal(&e, client_resume))?;
     Ok(Assigned {
         recording: row.get(0),
         worker: row.get(1),

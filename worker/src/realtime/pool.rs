@@ -251,6 +251,33 @@ fn decode_loop(shared: &Shared, decode: &DecodeFn) {
 mod tests {
     use super::*;
 
+    /// Holds every decode until opened, and tells when one has started.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(Mutex<bool>, Condvar, AtomicBool)>);
+
+    impl Gate {
+        /// In a decode: mark it started, then wait until the gate is open.
+        fn pass(&self) {
+            self.0 .2.store(true, Ordering::SeqCst);
+            let mut open = self.0 .0.lock().unwrap();
+            while !*open {
+                open = self.0 .1.wait(open).unwrap();
+            }
+        }
+        fn wait_started(&self) {
+            while !self.0 .2.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+        fn set(&self, open: bool) {
+            *self.0 .0.lock().unwrap() = open;
+            if !open {
+                self.0 .2.store(false, Ordering::SeqCst);
+            }
+            self.0 .1.notify_all();
+        }
+    }
+
     fn request(session: u64, action: Action, lag_ms: i64) -> Request {
         Request {
             session,
@@ -265,20 +292,15 @@ mod tests {
 
     #[test]
     fn while_one_decode_runs_a_final_overtakes_partials_and_partials_far_behind_are_shed() {
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = Gate::default();
         let order = Arc::new(Mutex::new(Vec::new()));
-        let started = Arc::new(AtomicBool::new(false));
-        let (g, o, s) = (gate.clone(), order.clone(), started.clone());
+        let (g, o) = (gate.clone(), order.clone());
         let pool = DecodePool::start(
             1,
             3_000,
             Arc::new(move |r: &Request, _: &Arc<AtomicBool>| {
-                s.store(true, Ordering::SeqCst);
                 // The first decode waits until everything else is queued.
-                let mut open = g.0.lock().unwrap();
-                while !*open {
-                    open = g.1.wait(open).unwrap();
-                }
+                g.pass();
                 o.lock().unwrap().push(r.session);
                 Ok(vec![Word {
                     text: format!("s{}", r.session),
@@ -290,9 +312,7 @@ mod tests {
         );
         // A speculation, which a final does not cancel.
         let first = pool.submit(request(1, Action::Speculate, 0));
-        while !started.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
+        gate.wait_started();
         let partial_near = pool.submit(request(2, Action::Partial, 500));
         let partial_far = pool.submit(request(3, Action::Partial, 10_000));
         let final_ = pool.submit(request(
@@ -303,8 +323,7 @@ mod tests {
             20_000,
         ));
         assert_eq!(pool.queued(), 3);
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        gate.set(true);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -408,19 +427,14 @@ mod tests {
 
     #[test]
     fn finals_waiting_behind_finals_are_decoded_greedily_and_a_lone_final_keeps_the_beam() {
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = Gate::default();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let started = Arc::new(AtomicBool::new(false));
-        let (g, o, st) = (gate.clone(), seen.clone(), started.clone());
+        let (g, o) = (gate.clone(), seen.clone());
         let pool = DecodePool::start(
             1,
             3_000,
             Arc::new(move |r: &Request, _: &Arc<AtomicBool>| {
-                st.store(true, Ordering::SeqCst);
-                let mut open = g.0.lock().unwrap();
-                while !*open {
-                    open = g.1.wait(open).unwrap();
-                }
+                g.pass();
                 o.lock().unwrap().push((r.session, r.greedy));
                 Ok(Vec::new())
             }),
@@ -438,14 +452,11 @@ mod tests {
             .build()
             .unwrap();
         let first = pool.submit(fin(1));
-        while !started.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
+        gate.wait_started();
         let second = pool.submit(fin(2));
         let partial = pool.submit(request(9, Action::Partial, 0));
         let third = pool.submit(fin(3));
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        gate.set(true);
         rt.block_on(async {
             for answer in [first, second, third, partial] {
                 assert!(matches!(answer.await.unwrap(), Decoded::Words { .. }));
@@ -458,18 +469,14 @@ mod tests {
             vec![(1, false), (2, true), (3, false), (9, false)]
         );
         // Once it has waited long enough, even a lone final is greedy.
-        *gate.0.lock().unwrap() = false;
-        started.store(false, Ordering::SeqCst);
+        gate.set(false);
         let blocker = pool.submit(request(7, Action::Partial, 0));
-        while !started.load(Ordering::SeqCst) {
-            std::thread::yield_now();
-        }
+        gate.wait_started();
         let late = pool.submit(fin(8));
         std::thread::sleep(std::time::Duration::from_millis(
             super::super::policy::BEHIND_WAIT_MS as u64 + 50,
         ));
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        gate.set(true);
         rt.block_on(async {
             let _ = blocker.await.unwrap();
             match late.await.unwrap() {
