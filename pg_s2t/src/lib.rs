@@ -9,7 +9,9 @@
 //! - [`users`]: registration checks.
 //! - [`quota`]: segment validation for completion.
 //! - [`queue`]: retry backoff.
-//! - [`search`]: text folding for the lexical index.
+//! - [`gucs`]: every setting.
+//! - [`chunking`]: cutting transcripts into search chunks.
+//! - [`search`]: text folding, query embedding, highlights and rank fusion.
 //! - [`billing`]: signature checks for billing events.
 
 use pgrx::prelude::*;
@@ -17,10 +19,19 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod billing;
+mod chunking;
+mod gucs;
 mod queue;
 mod quota;
 mod search;
 mod users;
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::define();
+    // The embedding model runs in the backend's own thread only.
+    s2t_embed::single_threaded();
+}
 
 /// The version of the loaded library, which `/readyz`-style checks compare
 /// against `pg_extension.extversion`.
@@ -62,9 +73,23 @@ extension_sql_file!("sql/auth.sql", name = "auth", requires = ["maintenance"]);
 extension_sql_file!("sql/audio.sql", name = "audio", requires = ["auth"]);
 extension_sql_file!("sql/realtime.sql", name = "realtime", requires = ["audio"]);
 extension_sql_file!(
+    "sql/search.sql",
+    name = "search",
+    requires = [
+        "realtime",
+        chunking::_chunk_plan,
+        search::_embed_query,
+        search::_embed_or_null,
+        search::embedding_model,
+        search::_query_terms,
+        search::_highlights,
+        search::_rrf
+    ]
+);
+extension_sql_file!(
     "sql/admin.sql",
     name = "admin",
-    requires = ["realtime", billing::billing_signature_problem]
+    requires = ["search", billing::billing_signature_problem]
 );
 extension_sql_file!(
     "sql/security.sql",

@@ -8,6 +8,8 @@
 //! - [`validate`]: input checks for users and transcript segments.
 //! - [`queue`]: job-queue policy (retry backoff).
 //! - [`text`]: text folding for accent-insensitive lexical search.
+//! - [`chunk`]: cutting transcripts into search chunks.
+//! - [`search`]: query terms, highlights and rank fusion for hybrid search.
 //! - [`realtime`]: the realtime WebSocket protocol: messages, frame
 //!   decoding, pacing and close codes.
 //! - [`billing`]: signatures of billing events (HMAC-SHA256 with a time).
@@ -17,6 +19,7 @@ pub mod chunk;
 pub mod problem;
 pub mod queue;
 pub mod realtime;
+pub mod search;
 pub mod sqlstate;
 pub mod text;
 pub mod validate;

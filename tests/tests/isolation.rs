@@ -28,14 +28,7 @@ async fn world() -> World {
             )
             .await
             .unwrap();
-        db.admin
-            .execute(
-                "INSERT INTO s2t.transcript_chunks (recording_id, user_id, chunk_index, start_ms, end_ms, text)
-                 VALUES ($1, $2, 0, 0, 1000, 'secret words')",
-                &[&rec, &user],
-            )
-            .await
-            .unwrap();
+        // complete_recording chunked it: one chunk, "secret words".
         db.admin
             .execute(
                 "INSERT INTO s2t.recording_audio (recording_id, audio_id, user_id) VALUES ($1, gen_random_uuid(), $2)",

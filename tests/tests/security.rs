@@ -328,6 +328,12 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
         callable(&db, "s2t_app").await,
         [
             "_admit_recording",
+            "_embed_or_null",
+            "_embed_query",
+            "_highlights",
+            "_query_terms",
+            "_rrf",
+            "_search",
             "admin_change_plan",
             "admin_list_users",
             "admin_reset_usage",
@@ -340,6 +346,8 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
             "auth_lookup",
             "check_quota_and_create_recording",
             "create_api_key",
+            "embed",
+            "embedding_model",
             "issue_refresh_token",
             "issue_ws_ticket",
             "open_realtime_session",
@@ -351,6 +359,8 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
             "revoke_refresh_token",
             "rotate_refresh_token",
             "seal_audio",
+            "search",
+            "search",
             "sp_change_user_plan",
             "sp_check_quota_and_create_recording",
             "sp_get_user_stats",
@@ -362,9 +372,12 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
         [
             "add_realtime_final",
             "append_audio",
+            "chunk_recording",
+            "claim_chunks_to_embed",
             "claim_job",
             "complete_job",
             "complete_recording",
+            "embedding_backlog",
             "end_realtime_session",
             "extend_realtime_grant",
             "fail_job",
@@ -383,6 +396,7 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
             "sp_cleanup_old_recordings",
             "sp_complete_recording",
             "sp_reset_monthly_cycles",
+            "store_chunk_embeddings",
             "take_realtime_session",
             "unregister_worker",
         ]
@@ -413,7 +427,7 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
             "recording_audio_chunks:SELECT",
             "recordings:SELECT",
             "segments:SELECT",
-            "transcript_chunks:DELETE,INSERT,SELECT,UPDATE",
+            "transcript_chunks:SELECT",
         ]
     );
     // The application never reads a password hash or a token hash from a

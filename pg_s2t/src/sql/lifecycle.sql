@@ -55,10 +55,12 @@ BEGIN
     UPDATE user_subscriptions SET used_seconds = used_seconds + v_seconds WHERE user_id = v_rec.user_id;
     UPDATE jobs SET state = 'done', lease_token = NULL, updated_at = now()
      WHERE recording_id = in_recording_id AND state <> 'done';
+    -- Searchable by words from this commit on; a worker embeds the chunks.
+    PERFORM chunk_recording(in_recording_id);
     RETURN true;
 END
 $$;
-COMMENT ON FUNCTION complete_recording(uuid, int, jsonb, text, text) IS 'Stores the segments, marks the recording done, releases its reservation and charges the seconds (rounded up) exactly once: returns true, or false if it was already done. in_notice (e.g. why the audio was cut) is kept in meta.notice. Errors: S2V01 bad duration or segments (end_ms < start_ms, duplicate idx, past the end), S2N01 unknown recording, S2S01 recording already failed.';
+COMMENT ON FUNCTION complete_recording(uuid, int, jsonb, text, text) IS 'Stores the segments, marks the recording done, releases its reservation and charges the seconds (rounded up) and chunks the transcript for search, exactly once: returns true, or false if it was already done. in_notice (e.g. why the audio was cut) is kept in meta.notice. Errors: S2V01 bad duration or segments (end_ms < start_ms, duplicate idx, past the end), S2N01 unknown recording, S2S01 recording already failed.';
 
 CREATE PROCEDURE sp_complete_recording(in_recording_id uuid, in_duration_ms int, in_segments jsonb)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp

@@ -52,7 +52,8 @@ GRANT SELECT, DELETE ON recordings TO s2t_app;
 GRANT SELECT (id, user_id, family_id, created_at, expires_at, revoked_at, replaced_by) ON refresh_tokens TO s2t_app;
 
 GRANT SELECT ON recordings, recording_audio, recording_audio_chunks, segments, jobs TO s2t_worker;
-GRANT SELECT, INSERT, UPDATE, DELETE ON transcript_chunks TO s2t_worker;
+-- Chunks are written only by chunk_recording and store_chunk_embeddings.
+GRANT SELECT ON transcript_chunks TO s2t_worker;
 
 -- Functions: nothing by default, then what each role needs. Only our own:
 -- CASCADE may have put pgvector into this schema too, and its functions must

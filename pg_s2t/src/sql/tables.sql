@@ -190,12 +190,21 @@ CREATE TABLE transcript_chunks (
     embedding       @extschema:vector@.vector(384),
     embedding_model text,
     tsv             tsvector GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, s2t.fold_text(text))) STORED,
+    first_segment_idx int NOT NULL,
+    last_segment_idx  int NOT NULL,
+    content_hash    text NOT NULL,
+    embed_lease_until timestamptz,
+    embed_attempts  int NOT NULL DEFAULT 0,
     CONSTRAINT unique_recording_chunk UNIQUE (recording_id, chunk_index),
     CONSTRAINT chunk_times_ordered CHECK (end_ms >= start_ms),
-    CONSTRAINT embedding_has_model CHECK (embedding IS NULL OR embedding_model IS NOT NULL)
+    CONSTRAINT embedding_has_model CHECK (embedding IS NULL OR embedding_model IS NOT NULL),
+    CONSTRAINT chunk_segments_ordered CHECK (last_segment_idx >= first_segment_idx)
 );
 COMMENT ON TABLE transcript_chunks IS 'Search units cut from a transcript, with a dense embedding and an accent-folded full-text vector.';
 COMMENT ON COLUMN transcript_chunks.user_id IS 'Owner, copied from the recording by a trigger (never trusted from the writer), so search and row-level security need no join.';
+COMMENT ON COLUMN transcript_chunks.first_segment_idx IS 'The idx of the first segment the chunk draws on (with last_segment_idx, the segments to play).';
+COMMENT ON COLUMN transcript_chunks.content_hash IS 'Lower-case hex SHA-256 of text: re-chunking keeps the id and vector of a chunk whose hash is unchanged.';
+COMMENT ON COLUMN transcript_chunks.embed_lease_until IS 'Until when a worker holds the chunk to embed it (NULL: not claimed).';
 COMMENT ON COLUMN transcript_chunks.embedding_model IS 'Which model produced embedding, so vectors of different models are never compared.';
 CREATE INDEX transcript_chunks_embedding_idx ON transcript_chunks
     USING hnsw (embedding @extschema:vector@.vector_cosine_ops);
