@@ -158,6 +158,16 @@ pub fn document() -> Value {
                     "schema": {"type": "string", "enum": ["transcript.txt", "transcript.srt", "transcript.vtt", "transcript.json", "audio"]}}]}),
                 json!({"200": {"description": "the file"}, "206": {"description": "a range of the audio"},
                        "409": problem(), "416": {"description": "range outside the audio"}}))},
+            "/search/semantic": {"get": op("Hybrid search of the user's transcripts (meaning and words, fused): the best passages with times, highlights and a link to play each", "search", true,
+                json!({"parameters": [
+                    {"name": "q", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 2000}},
+                    {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}},
+                    {"name": "recording_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "language", "in": "query", "schema": {"type": "string", "pattern": "^[a-z]{2,3}$"}}]}),
+                json!({"200": ok_json("the hits, best first", search_answer()),
+                       "404": problem(), "422": problem()}))},
             "/ws/ticket": {"post": op("A one-time ticket (30 s) for a browser's realtime WebSocket: GET /ws/s2t?ticket=...", "realtime", true,
                 json!({}),
                 json!({"200": ok_json("the ticket", json!({"type": "object", "required": ["ticket", "expires_in", "url"], "properties": {
@@ -229,6 +239,20 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// The body of a `GET /search/semantic` answer.
+fn search_answer() -> Value {
+    let hit = json!({"type": "object", "required": ["chunk_id", "recording_id", "start_ms", "end_ms", "text", "score", "highlights", "link"], "properties": {
+        "chunk_id": {"type": "string", "format": "uuid"}, "recording_id": {"type": "string", "format": "uuid"},
+        "title": {"type": ["string", "null"]}, "recording_created_at": {"type": "string", "format": "date-time"},
+        "start_ms": {"type": "integer"}, "end_ms": {"type": "integer"}, "text": {"type": "string"}, "score": {"type": "number"},
+        "dense_rank": {"type": ["integer", "null"]}, "lexical_rank": {"type": ["integer", "null"]},
+        "highlights": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}},
+        "link": {"type": "string"}}});
+    json!({"type": "object", "required": ["query", "mode", "model", "hits"], "properties": {
+        "query": {"type": "string"}, "mode": {"type": "string", "enum": ["hybrid", "lexical"]}, "model": {"type": "string"},
+        "hits": {"type": "array", "items": hit}}})
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use pgrx::prelude::*;
 
 /// The chunks of a transcript given as parallel arrays (in `idx` order),
 /// cut with the `s2t.chunk_*` settings.
+// pgrx reads the result columns from the literal tuple, so no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(stable, parallel_safe)]
 fn _chunk_plan(
     idx: Vec<i32>,

@@ -20,8 +20,8 @@ const STOPWORDS: &[&str] = &[
     "of", "on", "or", "our", "so", "that", "the", "their", "them", "there", "they", "this", "to",
     "us", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with",
     "would", "you", "your", // Vietnamese (folded)
-    "ai", "cac", "chung", "co", "cua", "da", "den", "di", "duoc", "gi", "khi", "khong", "la", "lam",
-    "mot", "nao", "nay", "nhu", "nhung", "o", "ra", "rang", "roi", "se", "ta", "thi", "toi",
+    "ai", "cac", "chung", "co", "cua", "da", "den", "di", "duoc", "gi", "khi", "khong", "la",
+    "lam", "mot", "nao", "nay", "nhu", "nhung", "o", "ra", "rang", "roi", "se", "ta", "thi", "toi",
     "trong", "va", "ve", "voi",
 ];
 

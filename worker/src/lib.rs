@@ -11,6 +11,7 @@
 //! - [`isolate`]: each transcription in a supervised child process.
 //! - [`faults`]: which failures are retried, and lease timing.
 //! - [`audio_path`]: `file://` audio confined to a root.
+//! - [`embed`]: the embedding step (chunk vectors for search).
 //! - [`pgtls`]: `sslmode` for every connection.
 //! - [`realtime`]: the streaming policy and decode scheduling of realtime
 //!   sessions.
@@ -21,6 +22,7 @@ pub mod asr;
 pub mod audio;
 pub mod audio_path;
 pub mod blocks;
+pub mod embed;
 pub mod faults;
 pub mod isolate;
 pub mod jobs;

@@ -13,7 +13,7 @@ struct Cli {
 enum Command {
     /// Claim and transcribe queued recordings until stopped (SIGTERM or
     /// SIGINT finish or release the current job first).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Transcribe audio files without a database and print one JSON line
     /// per file, then a summary line (used by make bench-asr).
     Transcribe(TranscribeArgs),
@@ -114,6 +114,28 @@ struct RunArgs {
     /// Whisper threads).
     #[arg(long, env = "S2T_REALTIME_DECODERS", default_value_t = 1)]
     realtime_decoders: usize,
+    /// Embed transcript chunks for search (a worker without it leaves them
+    /// to others).
+    #[arg(long, env = "S2T_EMBED", default_value_t = true, action = clap::ArgAction::Set)]
+    embed: bool,
+    /// The embedding model's directory (model.onnx and tokenizer files);
+    /// default: embed/<--embed-model> beside the Whisper models.
+    #[arg(long, env = "S2T_EMBED_MODEL_DIR")]
+    embed_model_dir: Option<PathBuf>,
+    /// The name stored with each vector; it must match the extension's
+    /// s2t.embedding_model, or the chunks are re-embedded.
+    #[arg(long, env = "S2T_EMBED_MODEL", default_value = s2t_embed::DEFAULT_MODEL)]
+    embed_model: String,
+    /// ONNX Runtime's shared library; default: embed/libonnxruntime.so
+    /// beside the Whisper models.
+    #[arg(long, env = "S2T_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
+    /// Chunks per claim and model call.
+    #[arg(long, env = "S2T_EMBED_BATCH", default_value_t = 16)]
+    embed_batch: i32,
+    /// Seconds a claim of chunks holds them.
+    #[arg(long, default_value_t = 120)]
+    embed_lease_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -293,6 +315,33 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let models_dir = args
+        .model
+        .as_ref()
+        .or(args.model_en.as_ref())
+        .and_then(|m| m.parent())
+        .map(|d| d.join("embed"))
+        .unwrap_or_else(|| PathBuf::from("embed"));
+    let embed = args.embed.then(|| s2t_worker::embed::Settings {
+        database_url: args.database_url.clone(),
+        model: s2t_embed::Config {
+            runtime: args
+                .onnxruntime
+                .clone()
+                .unwrap_or_else(|| models_dir.join("libonnxruntime.so")),
+            model_dir: args
+                .embed_model_dir
+                .clone()
+                .unwrap_or_else(|| models_dir.join(&args.embed_model)),
+            name: args.embed_model.clone(),
+            // One thread: the cores belong to Whisper.
+            threads: 1,
+        },
+        batch: args.embed_batch.clamp(1, 1000),
+        lease_secs: args.embed_lease_secs.max(1),
+        poll_secs: args.poll_secs.max(1),
+        once: args.once,
+    });
     // Batch-only workers free the model here.
     let engine = realtime.is_some().then_some(engine);
     let settings = s2t_worker::runner::Settings {
@@ -321,6 +370,7 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         worker_exe: std::env::current_exe().context("locating the worker binary")?,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let embedding = embed.map(|e| tokio::spawn(s2t_worker::embed::run(e, rx.clone())));
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -345,6 +395,9 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
     let batch = s2t_worker::runner::run(settings, rx).await;
     if let Some(server) = server {
         server.await??;
+    }
+    if let Some(embedding) = embedding {
+        embedding.await??;
     }
     batch
 }
@@ -384,7 +437,7 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(run_worker(args))?;
+            runtime.block_on(run_worker(*args))?;
         }
         Command::Transcribe(args) => transcribe_files(args)?,
         Command::TranscribeJob(a) => s2t_worker::isolate::run_child(

@@ -10,6 +10,7 @@ mod openai_realtime;
 mod ops;
 mod realtime;
 mod recordings;
+mod search;
 
 use crate::config::CorsOrigins;
 use crate::error::ApiError;
@@ -79,6 +80,7 @@ pub fn router(state: AppState) -> Router {
             post(openai::transcriptions).layer(DefaultBodyLimit::disable()),
         )
         .route("/recordings/{id}/{file}", get(recordings::download))
+        .route("/search/semantic", get(search::semantic))
         .route("/ws/s2t", get(realtime::ws))
         .route("/ws/ticket", post(realtime::ticket))
         .route("/v1/realtime", get(openai_realtime::realtime))
