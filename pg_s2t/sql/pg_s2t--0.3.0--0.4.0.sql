@@ -1432,6 +1432,11 @@ STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_rrf_wrapper';
 
+CREATE  FUNCTION "embedding_available"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'embedding_available_wrapper';
+
 CREATE  FUNCTION "embedding_model"() RETURNS TEXT /* String */
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
@@ -1789,13 +1794,14 @@ GRANT EXECUTE ON FUNCTION chunk_recording(uuid) TO s2t_worker;
 GRANT EXECUTE ON FUNCTION search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text),
     search(text, int, uuid, timestamptz, timestamptz, text),
     _search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), embed(text), _embed_query(text), _embed_or_null(text),
-    embedding_model(), _query_terms(text), _highlights(text, text[]), _rrf(uuid[], uuid[], int) TO s2t_app;
+    embedding_model(), embedding_available(), _query_terms(text), _highlights(text, text[]), _rrf(uuid[], uuid[], int) TO s2t_app;
 GRANT EXECUTE ON FUNCTION claim_chunks_to_embed(text, int, interval), store_chunk_embeddings(text, uuid[], text[], real[]),
     embedding_backlog() TO s2t_worker;
 
 COMMENT ON FUNCTION _chunk_plan(int[], int[], int[], text[]) IS 'Internal: the chunks of a transcript given as parallel arrays (idx, start_ms, end_ms, text in idx order), cut with the s2t.chunk_* settings.';
 COMMENT ON FUNCTION _embed_query(text) IS 'Internal: the query vector as real[], behind s2t.embed. Errors: 58P01 when the model or ONNX Runtime cannot be loaded.';
 COMMENT ON FUNCTION _embed_or_null(text) IS 'Internal: the query vector, or NULL with a NOTICE when the model cannot be loaded (search then ranks by words only).';
+COMMENT ON FUNCTION embedding_available() IS 'Whether this backend can embed queries: loads the model if nothing has tried yet, and after that answers from the first attempt (reconnect after fixing the model).';
 COMMENT ON FUNCTION embedding_model() IS 'The name of the configured embedding model (s2t.embedding_model), stored with every vector it makes.';
 COMMENT ON FUNCTION _query_terms(text) IS 'Internal: the folded words of a query that the lexical ranking matches (function words dropped unless nothing else is left).';
 COMMENT ON FUNCTION _highlights(text, text[]) IS 'Internal: [[start, end], ...] character offsets in the text of the given folded words.';
@@ -1863,8 +1869,8 @@ END
 $$;
 COMMENT ON FUNCTION complete_recording(uuid, int, jsonb, text, text) IS 'Stores the segments, marks the recording done, releases its reservation and charges the seconds (rounded up) and chunks the transcript for search, exactly once: returns true, or false if it was already done. in_notice (e.g. why the audio was cut) is kept in meta.notice. Errors: S2V01 bad duration or segments (end_ms < start_ms, duplicate idx, past the end), S2N01 unknown recording, S2S01 recording already failed.';
 
-REVOKE EXECUTE ON FUNCTION _chunk_plan(int[], int[], int[], text[]), _embed_or_null(text), _embed_query(text), _highlights(text, text[]), _query_terms(text), _rrf(uuid[], uuid[], int), embedding_model(), embed(text), _search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, int, uuid, timestamptz, timestamptz, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION _chunk_plan(int[], int[], int[], text[]), _embed_or_null(text), _embed_query(text), _highlights(text, text[]), _query_terms(text), _rrf(uuid[], uuid[], int), embedding_model(), chunk_recording(uuid), claim_chunks_to_embed(text, int, interval), store_chunk_embeddings(text, uuid[], text[], real[]), embedding_backlog(), embed(text), _search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, int, uuid, timestamptz, timestamptz, text) TO s2t_definer;
+REVOKE EXECUTE ON FUNCTION _chunk_plan(int[], int[], int[], text[]), _embed_or_null(text), _embed_query(text), _highlights(text, text[]), _query_terms(text), _rrf(uuid[], uuid[], int), embedding_model(), embedding_available(), embed(text), _search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, int, uuid, timestamptz, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _chunk_plan(int[], int[], int[], text[]), _embed_or_null(text), _embed_query(text), _highlights(text, text[]), _query_terms(text), _rrf(uuid[], uuid[], int), embedding_model(), embedding_available(), chunk_recording(uuid), claim_chunks_to_embed(text, int, interval), store_chunk_embeddings(text, uuid[], text[], real[]), embedding_backlog(), embed(text), _search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), search(text, int, uuid, timestamptz, timestamptz, text) TO s2t_definer;
 ALTER FUNCTION chunk_recording(uuid) OWNER TO s2t_definer;
 ALTER FUNCTION claim_chunks_to_embed(text, int, interval) OWNER TO s2t_definer;
 ALTER FUNCTION store_chunk_embeddings(text, uuid[], text[], real[]) OWNER TO s2t_definer;

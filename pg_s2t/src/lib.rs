@@ -81,6 +81,7 @@ extension_sql_file!(
         search::_embed_query,
         search::_embed_or_null,
         search::embedding_model,
+        search::embedding_available,
         search::_query_terms,
         search::_highlights,
         search::_rrf

@@ -89,6 +89,19 @@ unsafe fn libc_malloc_trim() {
     }
 }
 
+/// Whether this backend can embed: loads the model if no call has tried
+/// yet, and answers from that attempt afterwards (so it is free after a
+/// search).
+#[pg_extern(volatile, parallel_restricted)]
+fn embedding_available() -> bool {
+    MODEL.with(|cell| {
+        if cell.borrow().is_none() {
+            let _ = try_embed("");
+        }
+        matches!(cell.borrow().as_ref(), Some(Ok(_)))
+    })
+}
+
 /// The query's vector, or an error (SQLSTATE 58P01 when the model or the
 /// runtime cannot be loaded). Wrapped by `s2t.embed`.
 #[pg_extern(volatile, parallel_restricted, strict)]

@@ -489,6 +489,12 @@ async fn bad_arguments_get_sqlstates_and_a_missing_model_falls_back_to_words() {
     assert!(!rows.is_empty());
     assert!(rows.iter().all(|r| r.get::<_, Option<i32>>(0).is_none()));
     assert_eq!(rows[0].get::<_, Option<i32>>(1), Some(1));
+    let available: bool = client
+        .query_one("SELECT s2t.embedding_available()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!available);
     let notice = notices.recv().await.expect("a notice");
     assert!(notice.contains("ranks by words only"), "{notice}");
     // s2t.embed itself is an error there, with its SQLSTATE.
@@ -528,4 +534,131 @@ async fn bad_arguments_get_sqlstates_and_a_missing_model_falls_back_to_words() {
         .unwrap()
         .get(0);
     assert_eq!(path, "", "the user's placeholder was not adopted");
+}
+
+/// Sum of the `stored` fields of a worker log's `chunks_embedded` lines.
+fn stored_in_log(path: &std::path::Path) -> i64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "chunks_embedded")
+        .map(|v| v["stored"].as_i64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test]
+async fn a_worker_killed_while_embedding_loses_no_chunk_and_stores_none_twice() {
+    let bin = std::env::var("S2T_WORKER_BIN").expect("make test sets S2T_WORKER_BIN");
+    let db = TestDb::new().await;
+    let user = register(&db.admin, "crashy").await;
+    set_limits(&db.admin, user, 1000, 100_000).await;
+    const VOCAB: &[&str] = &[
+        "budget",
+        "meeting",
+        "server",
+        "quarter",
+        "engineers",
+        "office",
+        "travel",
+        "plan",
+        "customer",
+        "report",
+        "deadline",
+        "release",
+        "design",
+        "review",
+        "hiring",
+        "sales",
+    ];
+    // 30 recordings of 6 passages (~120 words each, 4 s apart): 180 chunks.
+    for r in 0..30 {
+        let segments: Vec<serde_json::Value> = (0..6)
+            .map(|i| {
+                let words: Vec<&str> = (0..120)
+                    .map(|w| VOCAB[(w * 7 + i * 3 + r) % VOCAB.len()])
+                    .collect();
+                seg(
+                    i as i32,
+                    i as i32 * 10_000,
+                    i as i32 * 10_000 + 6_000,
+                    &format!("{}.", words.join(" ")),
+                )
+            })
+            .collect();
+        done_recording(&db.admin, user, serde_json::Value::Array(segments), "en").await;
+    }
+    let total: i64 = db
+        .admin
+        .query_one("SELECT count(*) FROM s2t.transcript_chunks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 180);
+    let dir = std::env::temp_dir().join(format!("s2t-embed-crash-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = |n: u32| {
+        let log = dir.join(format!("worker{n}.log"));
+        let child = worker_command(bin.as_ref(), &db)
+            .args(["--embed-batch", "8", "--embed-lease-secs", "3"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the worker");
+        (child, log)
+    };
+    let embedded = || async {
+        db.admin
+            .query_one(
+                "SELECT count(*) FROM s2t.transcript_chunks WHERE embedding IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let (mut first, first_log) = start(1);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    while embedded().await < 24 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first worker embedded nothing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // SIGKILL in the middle: its claimed batch is neither stored nor lost.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let at_kill = embedded().await;
+    assert!(at_kill < total, "killed too late to prove anything");
+    let (mut second, second_log) = start(2);
+    while embedded().await < total {
+        assert!(
+            tokio::time::Instant::now() < deadline + std::time::Duration::from_secs(60),
+            "{} of {total} embedded after the restart",
+            embedded().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    // Every chunk was stored exactly once across both workers.
+    assert_eq!(
+        stored_in_log(&first_log) + stored_in_log(&second_log),
+        total
+    );
+    // And the stored vectors are the model's: the backend's own embedding
+    // of a chunk's text agrees with the worker's.
+    let agree: f64 = db
+        .admin
+        .query_one(
+            "SELECT min(1 - (embedding <=> s2t.embed(text))) FROM
+               (SELECT embedding, text FROM s2t.transcript_chunks ORDER BY id LIMIT 5) c",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(agree > 0.99, "cosine {agree}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -347,6 +347,7 @@ async fn each_role_can_call_and_touch_exactly_the_expected_list() {
             "check_quota_and_create_recording",
             "create_api_key",
             "embed",
+            "embedding_available",
             "embedding_model",
             "issue_refresh_token",
             "issue_ws_ticket",

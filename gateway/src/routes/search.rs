@@ -110,32 +110,24 @@ pub async fn semantic(
     let p = check(q).map_err(ApiError::invalid)?;
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
-    // Embed first, so the answer can say whether the meaning was used (the
-    // extension's NOTICE does not reach an HTTP client).
-    let vector: Option<Vec<f32>> = tx
-        .query_one("SELECT s2t._embed_or_null($1)", &[&p.q])
+    let rows = tx
+        .query(
+            "SELECT chunk_id, recording_id, title, recording_created_at, start_ms, end_ms, text,
+                    score, dense_rank, lexical_rank, highlights
+               FROM s2t.search($1::text, $2::int, $3::uuid, $4::timestamptz, $5::timestamptz, $6::text)",
+            &[&p.q, &p.k, &p.recording_id, &p.since, &p.until, &p.language],
+        )
+        .await?;
+    // Whether the meaning was used: the extension's NOTICE does not reach
+    // an HTTP client, so ask the same backend (free after the search).
+    let dense: bool = tx
+        .query_one("SELECT s2t.embedding_available()", &[])
         .await?
         .get(0);
     let model: String = tx
         .query_one("SELECT s2t.embedding_model()", &[])
         .await?
         .get(0);
-    let rows = tx
-        .query(
-            "SELECT chunk_id, recording_id, title, recording_created_at, start_ms, end_ms, text,
-                    score, dense_rank, lexical_rank, highlights
-               FROM s2t.search($1, $2::real[]::vector, $3, $4, $5, $6, $7)",
-            &[
-                &p.q,
-                &vector,
-                &p.k,
-                &p.recording_id,
-                &p.since,
-                &p.until,
-                &p.language,
-            ],
-        )
-        .await?;
     tx.commit().await?;
     let hits: Vec<Value> = rows
         .iter()
@@ -161,7 +153,7 @@ pub async fn semantic(
         .collect();
     Ok(Json(json!({
         "query": p.q,
-        "mode": if vector.is_some() { "hybrid" } else { "lexical" },
+        "mode": if dense { "hybrid" } else { "lexical" },
         "model": model,
         "hits": hits,
     })))

@@ -335,13 +335,14 @@ GRANT EXECUTE ON FUNCTION chunk_recording(uuid) TO s2t_worker;
 GRANT EXECUTE ON FUNCTION search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text),
     search(text, int, uuid, timestamptz, timestamptz, text),
     _search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text), embed(text), _embed_query(text), _embed_or_null(text),
-    embedding_model(), _query_terms(text), _highlights(text, text[]), _rrf(uuid[], uuid[], int) TO s2t_app;
+    embedding_model(), embedding_available(), _query_terms(text), _highlights(text, text[]), _rrf(uuid[], uuid[], int) TO s2t_app;
 GRANT EXECUTE ON FUNCTION claim_chunks_to_embed(text, int, interval), store_chunk_embeddings(text, uuid[], text[], real[]),
     embedding_backlog() TO s2t_worker;
 
 COMMENT ON FUNCTION _chunk_plan(int[], int[], int[], text[]) IS 'Internal: the chunks of a transcript given as parallel arrays (idx, start_ms, end_ms, text in idx order), cut with the s2t.chunk_* settings.';
 COMMENT ON FUNCTION _embed_query(text) IS 'Internal: the query vector as real[], behind s2t.embed. Errors: 58P01 when the model or ONNX Runtime cannot be loaded.';
 COMMENT ON FUNCTION _embed_or_null(text) IS 'Internal: the query vector, or NULL with a NOTICE when the model cannot be loaded (search then ranks by words only).';
+COMMENT ON FUNCTION embedding_available() IS 'Whether this backend can embed queries: loads the model if nothing has tried yet, and after that answers from the first attempt (reconnect after fixing the model).';
 COMMENT ON FUNCTION embedding_model() IS 'The name of the configured embedding model (s2t.embedding_model), stored with every vector it makes.';
 COMMENT ON FUNCTION _query_terms(text) IS 'Internal: the folded words of a query that the lexical ranking matches (function words dropped unless nothing else is left).';
 COMMENT ON FUNCTION _highlights(text, text[]) IS 'Internal: [[start, end], ...] character offsets in the text of the given folded words.';
