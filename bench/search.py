@@ -78,17 +78,36 @@ STAGING = ("CREATE TABLE public.bench_chunks (n int, i int, text text, embedding
            " PRIMARY KEY (n, i))")
 
 
-def build(args, con, cache):
-    """Generate the chunk texts, embed them in the server, cache them."""
-    rng = random.Random(42)
-    t0 = time.time()
-    per_user = args.chunks // args.users
+PART = 100_000
+
+
+def parts(args):
+    """The data set is built and cached in parts of up to 100,000 chunks, so
+    that a long build (1M chunks is about 2.4 hours of embedding on 2 cores)
+    survives interruption and can be done over several runs (--build-only).
+    Part p holds, for every user, chunk indexes [p*per, (p+1)*per); its text
+    comes from random.Random(42 + p), so part 0 of any size is the data set
+    that earlier single-file caches held."""
+    size = min(args.chunks, PART)
+    if args.chunks % size or size % args.users:
+        sys.exit(f"--chunks must be a multiple of {size} and of --users")
+    return size, args.chunks // size
+
+
+def part_file(args, size, p):
+    return os.path.join(args.cache_dir, f"search-{size}-{args.users}-p{p}.copy")
+
+
+def build_part(args, con, size, p, path):
+    """Generate one part's chunk texts, embed them in the server (the real
+    model, one backend per core), and cache them as a COPY file."""
+    rng = random.Random(42 + p)
+    per_user = size // args.users
+    con.execute("TRUNCATE public.bench_chunks")
     with con.cursor().copy("COPY public.bench_chunks (n, i, text) FROM STDIN") as cp:
         for n in range(1, args.users + 1):
-            for i in range(per_user):
+            for i in range(p * per_user, (p + 1) * per_user):
                 cp.write_row((n, i, " ".join(sentence(rng) for _ in range(rng.choice([2, 3])))))
-    t_text = time.time() - t0
-    # The real model in the server, one backend per core.
     t1 = time.time()
     cores = os.cpu_count() or 2
     procs = []
@@ -97,23 +116,42 @@ def build(args, con, cache):
             os.path.join(args.pg_bin, "psql"), "-h", args.host, "-p", str(args.port), "-U", "s2t", "-d", "bench",
             "-v", "ON_ERROR_STOP=1", "-q", "-c",
             f"UPDATE public.bench_chunks SET embedding = s2t._embed_query(text)::vector WHERE n % {cores} = {part}"]))
-    for p in procs:
-        if p.wait() != 0:
+    for proc in procs:
+        if proc.wait() != 0:
             sys.exit("embedding failed")
     t_embed = time.time() - t1
-    with open(cache + ".tmp", "wb") as f, con.cursor().copy("COPY public.bench_chunks TO STDOUT") as cp:
+    with open(path + ".tmp", "wb") as f, con.cursor().copy("COPY public.bench_chunks TO STDOUT") as cp:
         for data in cp:
             f.write(data)
-    os.rename(cache + ".tmp", cache)
-    return {"generate_s": round(t_text, 1), "embed_s": round(t_embed, 1),
-            "embed_per_s": round(args.chunks / t_embed, 1)}
+    os.rename(path + ".tmp", path)
+    con.execute("TRUNCATE public.bench_chunks")
+    print(f"part {p}: {size} chunks embedded in {t_embed:.0f} s ({size / t_embed:.0f}/s)", flush=True)
+    return t_embed
 
 
-def load(con, cache):
+def build(args, con):
+    """Every missing part is built; returns the build's figures for the parts
+    built in this run."""
+    size, count = parts(args)
+    built, embed_s = 0, 0.0
+    for p in range(count):
+        path = part_file(args, size, p)
+        if not os.path.exists(path):
+            embed_s += build_part(args, con, size, p, path)
+            built += 1
+    if not built:
+        return {"cached": True}
+    return {"cached": False, "parts_built": built, "embed_s": round(embed_s, 1),
+            "embed_per_s": round(built * size / embed_s, 1)}
+
+
+def load(args, con):
+    size, count = parts(args)
     t0 = time.time()
-    with open(cache, "rb") as f, con.cursor().copy("COPY public.bench_chunks FROM STDIN") as cp:
-        while data := f.read(1 << 20):
-            cp.write(data)
+    for p in range(count):
+        with open(part_file(args, size, p), "rb") as f, con.cursor().copy("COPY public.bench_chunks FROM STDIN") as cp:
+            while data := f.read(1 << 20):
+                cp.write(data)
     return round(time.time() - t0, 1)
 
 
@@ -159,27 +197,32 @@ def pgbench(args, clients, seconds, ready_vector=False):
 
 
 def recall(args, samples=100):
+    """recall@10 of the dense ranking as s2t.search runs it over the index
+    (the s2t.search_candidates nearest by HNSW, then the first 10) against
+    exact search, at several hnsw.ef_search values (s2t.hnsw_ef_search)."""
     con = connect(args)
     rng = random.Random(7)
     con.execute("SET hnsw.iterative_scan = 'relaxed_order'")
-    hits = 0
-    total = 0
-    t_index = []
-    for _ in range(samples):
-        q = sentence(rng)
-        v = con.execute("SELECT s2t.embed(%s)::text", (q,)).fetchone()[0]
-        t0 = time.time()
-        approx = [r[0] for r in con.execute(
-            "SELECT id FROM (SELECT id, embedding <=> %s::vector AS d FROM s2t.transcript_chunks"
-            " ORDER BY embedding <=> %s::vector LIMIT 10) s ORDER BY d", (v, v)).fetchall()]
-        t_index.append((time.time() - t0) * 1000)
-        exact = {r[0] for r in con.execute(
-            "SELECT id FROM s2t.transcript_chunks ORDER BY (embedding <=> %s::vector) + 0 LIMIT 10", (v,)).fetchall()}
-        hits += len(exact.intersection(approx))
-        total += 10
-    t_index.sort()
-    return {"queries": samples, "recall_at_10": round(hits / total, 4),
-            "hnsw_p50_ms": round(t_index[len(t_index) // 2], 2)}
+    queries = [con.execute("SELECT s2t.embed(%s)::text", (sentence(rng),)).fetchone()[0] for _ in range(samples)]
+    exact = [{r[0] for r in con.execute(
+        "SELECT id FROM s2t.transcript_chunks ORDER BY (embedding <=> %s::vector) + 0 LIMIT 10", (v,)).fetchall()}
+        for v in queries]
+    out = []
+    for ef in (40, 100, 200, 400):
+        con.execute(f"SET hnsw.ef_search = {ef}")
+        hits, t_index = 0, []
+        for v, truth in zip(queries, exact):
+            t0 = time.time()
+            approx = [r[0] for r in con.execute(
+                "SELECT id FROM (SELECT id, embedding <=> %s::vector AS d FROM s2t.transcript_chunks"
+                " ORDER BY embedding <=> %s::vector LIMIT 40) s ORDER BY d LIMIT 10", (v, v)).fetchall()]
+            t_index.append((time.time() - t0) * 1000)
+            hits += len(truth.intersection(approx))
+        t_index.sort()
+        out.append({"ef_search": ef, "queries": samples, "recall_at_10": round(hits / (10 * samples), 4),
+                    "p50_ms": round(t_index[len(t_index) // 2], 2),
+                    "p95_ms": round(t_index[int(len(t_index) * 0.95)], 2)})
+    return out
 
 
 def main():
@@ -193,9 +236,15 @@ def main():
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/pg_s2t/bench"))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--build-only", action="store_true",
+                    help="build the missing cached parts of the data set and stop")
     args = ap.parse_args()
     os.makedirs(args.cache_dir, exist_ok=True)
-    cache = os.path.join(args.cache_dir, f"search-{args.chunks}-{args.users}.copy")
+    # Older single-file caches are part 0 of the same data set.
+    size, _ = parts(args)
+    old = os.path.join(args.cache_dir, f"search-{size}-{args.users}.copy")
+    if os.path.exists(old) and not os.path.exists(part_file(args, size, 0)):
+        os.rename(old, part_file(args, size, 0))
     con = connect(args)
     con.execute("DROP INDEX s2t.transcript_chunks_embedding_idx")
     result = {"chunks": args.chunks, "users": args.users, "machine": platform.processor() or platform.machine(),
@@ -203,10 +252,11 @@ def main():
     t0 = time.time()
     make_users(con, args.users)
     con.execute(STAGING)
-    if os.path.exists(cache):
-        result["dataset"] = {"cached": True, "load_s": load(con, cache)}
-    else:
-        result["dataset"] = {"cached": False, **build(args, con, cache)}
+    result["dataset"] = build(args, con)
+    if args.build_only:
+        print(json.dumps(result["dataset"]))
+        return
+    result["dataset"]["load_s"] = load(args, con)
     t1 = time.time()
     con.execute("INSERT INTO s2t.transcript_chunks (recording_id, chunk_index, start_ms, end_ms, first_segment_idx,"
                 " last_segment_idx, text, token_count, content_hash, embedding, embedding_model)"
@@ -223,7 +273,7 @@ def main():
     con.execute("DROP ROLE IF EXISTS s2t_bench_app")
     con.execute("CREATE ROLE s2t_bench_app LOGIN IN ROLE s2t_app")
     t0 = time.time()
-    con.execute("SET maintenance_work_mem = '2GB'")
+    con.execute("SET maintenance_work_mem = '6GB'")
     con.execute("CREATE INDEX transcript_chunks_embedding_idx ON s2t.transcript_chunks"
                 " USING hnsw (embedding vector_cosine_ops)")
     result["hnsw"] = {"build_s": round(time.time() - t0, 1),

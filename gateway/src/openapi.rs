@@ -201,7 +201,58 @@ pub fn document() -> Value {
     if let (Some(paths), Value::Object(admin)) = (doc["paths"].as_object_mut(), admin_paths()) {
         paths.extend(admin);
     }
+    if let (Some(paths), Value::Object(ask)) = (doc["paths"].as_object_mut(), ask_paths()) {
+        paths.extend(ask);
+    }
+    doc["components"]["schemas"]["Answer"] = answer_schema();
     doc
+}
+
+/// `POST /rag/ask` and `GET /rag/history`.
+fn ask_paths() -> Value {
+    let question = json!({"type": "object", "required": ["question"], "properties": {
+        "question": {"type": "string", "minLength": 1, "maxLength": 2000},
+        "recording_id": {"type": "string", "format": "uuid"},
+        "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
+        "k": {"type": "integer", "minimum": 1, "maximum": 20, "default": 6},
+        "lang": {"type": "string", "enum": ["en", "vi"]}}});
+    let answer = json!({"$ref": "#/components/schemas/Answer"});
+    let page = json!({"type": "object", "required": ["answers", "next_cursor"], "properties": {
+        "answers": {"type": "array", "items": answer}, "next_cursor": {"type": ["string", "null"]}}});
+    json!({
+            "/rag/ask": {"post": op("An answer to a question from the user's own transcripts, every claim cited (passage, time, highlighted sentence); counted against the plan's monthly questions. ?stream=true or Accept: text/event-stream sends events citations, answer (text pieces) and done", "ask", true,
+                json!({"parameters": [{"name": "stream", "in": "query", "schema": {"type": "boolean"}}],
+                       "requestBody": body(question)}),
+                json!({"200": {"description": "the answer (or an event stream)", "content": {
+                    "application/json": {"schema": answer},
+                    "text/event-stream": {"schema": {"type": "string"}}}},
+                       "404": problem(), "422": problem(), "429": problem()}))},
+            "/rag/history": {"get": op("The user's earlier answers, newest first", "ask", true,
+                json!({"parameters": [{"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}]}),
+                json!({"200": ok_json("a page of answers", page)}))}
+    })
+}
+
+/// An answer of `POST /rag/ask` (and of the history).
+fn answer_schema() -> Value {
+    let citation = json!({"type": "object", "required": ["n", "chunk_id", "recording_id", "title", "start_ms", "end_ms", "text", "highlight", "link"], "properties": {
+        "n": {"type": "integer", "description": "the marker [n] in the answer"},
+        "chunk_id": {"type": "string", "format": "uuid"}, "recording_id": {"type": "string", "format": "uuid"},
+        "title": {"type": "string"},
+        "start_ms": {"type": "integer", "description": "when the highlighted sentence is spoken"}, "end_ms": {"type": "integer"},
+        "passage_start_ms": {"type": "integer"}, "passage_end_ms": {"type": "integer"},
+        "text": {"type": "string", "description": "the quoted passage"},
+        "highlight": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+                      "description": "[start, end) character offsets of the answering sentence in text"},
+        "link": {"type": "string"}}});
+    json!({"type": "object", "required": ["id", "question", "answer", "citations", "mode", "found", "created_at"], "properties": {
+        "id": {"type": "string", "format": "uuid"}, "question": {"type": "string"},
+        "answer": {"type": "string", "description": "text with markers [n]; empty when found is false"},
+        "citations": {"type": "array", "items": citation},
+        "mode": {"type": "string", "enum": ["extractive", "generative"]}, "model": {"type": ["string", "null"]},
+        "found": {"type": "boolean"}, "fallback": {"type": ["string", "null"]},
+        "scope": {"type": "object"}, "created_at": {"type": "string", "format": "date-time"}}})
 }
 
 /// The docs page: every operation with its method, path and summary.

@@ -7,21 +7,6 @@ mod common;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::time::Duration;
-
-/// Upload `wav` as `language` and follow it to done; returns its id.
-async fn transcribed(s: &Stack, token: &str, wav: Vec<u8>, language: &str) -> String {
-    let (status, body) = s.upload(token, wav, language).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let id = body["id"].as_str().unwrap().to_string();
-    let events = s.follow(token, &id).await;
-    assert_eq!(
-        events.last().map(|e| e["status"].clone()),
-        Some(Value::from("done")),
-        "{events:?}"
-    );
-    id
-}
 
 /// Two espeak passages with `gap_s` of silence between them.
 fn two_passages(first: &str, second: &str, gap_s: f32) -> Vec<u8> {
@@ -43,24 +28,6 @@ fn two_passages(first: &str, second: &str, gap_s: f32) -> Vec<u8> {
     let bytes = std::fs::read(&out).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     bytes
-}
-
-async fn all_embedded(s: &Stack) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let waiting = s
-            .count("SELECT unembedded FROM s2t.embedding_backlog()")
-            .await;
-        let chunks = s.count("SELECT count(*) FROM s2t.transcript_chunks").await;
-        if waiting == 0 && chunks > 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{waiting} of {chunks} chunks still without a vector"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn search(s: &Stack, token: &str, query: &str) -> Value {

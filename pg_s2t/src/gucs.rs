@@ -35,6 +35,12 @@ pub static SEARCH_CANDIDATES: GucSetting<i32> = GucSetting::<i32>::new(40);
 /// filters) holds fewer chunks than this ranks them exactly instead of
 /// through the HNSW index.
 pub static EXACT_SEARCH_BELOW: GucSetting<i32> = GucSetting::<i32>::new(20000);
+/// hnsw.ef_search inside s2t.search (bench/results/search.json: recall@10
+/// against exact search by ef_search).
+pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// The relevance an answering sentence must reach, else "not found"
+/// (calibrated on bench/results/ask.json's question set).
+pub static ANSWER_MIN_RELEVANCE: GucSetting<f64> = GucSetting::<f64>::new(0.45);
 
 pub fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting
@@ -145,6 +151,26 @@ pub fn define() {
         &EXACT_SEARCH_BELOW,
         0,
         10_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"s2t.hnsw_ef_search",
+        c"hnsw.ef_search for the dense ranking of s2t.search when it uses the index.",
+        c"Higher finds more of the exact nearest chunks, at more cost per search.",
+        &HNSW_EF_SEARCH,
+        1,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"s2t.answer_min_relevance",
+        c"Relevance (0 to 1) a sentence needs to answer a question in s2t.ask.",
+        c"0.8 of the cosine similarity of question and sentence plus 0.2 of the share of the question's words it holds; without the embedding model, the share of words alone, against the larger of this and 0.5.",
+        &ANSWER_MIN_RELEVANCE,
+        0.0,
+        1.0,
         GucContext::Userset,
         GucFlags::default(),
     );

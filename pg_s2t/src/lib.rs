@@ -18,6 +18,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod answer;
 mod billing;
 mod chunking;
 mod gucs;
@@ -88,9 +89,14 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "sql/ask.sql",
+    name = "ask",
+    requires = ["search", answer::_extract_answer, answer::_ask_prompt]
+);
+extension_sql_file!(
     "sql/admin.sql",
     name = "admin",
-    requires = ["search", billing::billing_signature_problem]
+    requires = ["ask", billing::billing_signature_problem]
 );
 extension_sql_file!(
     "sql/security.sql",

@@ -40,6 +40,10 @@ fn share_dir() -> PathBuf {
 /// The configured model's name (`s2t.embedding_model`).
 #[pg_extern(stable, parallel_safe)]
 fn embedding_model() -> String {
+    embedding_model_name()
+}
+
+pub(crate) fn embedding_model_name() -> String {
     gucs::string(&gucs::EMBEDDING_MODEL).unwrap_or_else(|| s2t_embed::DEFAULT_MODEL.to_owned())
 }
 
@@ -60,6 +64,13 @@ fn config() -> s2t_embed::Config {
 
 /// Embed with the backend's model, loading it first if need be.
 fn try_embed(text: &str) -> Result<Vec<f32>, String> {
+    try_embed_batch(&[text]).and_then(|mut v| v.pop().ok_or_else(|| "no vector".to_owned()))
+}
+
+/// Embed several texts in one batch with the backend's model.
+pub(crate) fn try_embed_batch<S: AsRef<str> + Send + Sync>(
+    texts: &[S],
+) -> Result<Vec<Vec<f32>>, String> {
     MODEL.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -69,10 +80,7 @@ fn try_embed(text: &str) -> Result<Vec<f32>, String> {
             *slot = Some(loaded);
         }
         match slot.as_mut().expect("set above") {
-            Ok(model) => model
-                .embed(&[text])
-                .map_err(|e| e.to_string())
-                .and_then(|mut v| v.pop().ok_or_else(|| "no vector".to_owned())),
+            Ok(model) => model.embed(texts).map_err(|e| e.to_string()),
             Err(why) => Err(why.clone()),
         }
     })

@@ -14,6 +14,7 @@
 //!   decoding, pacing and close codes.
 //! - [`billing`]: signatures of billing events (HMAC-SHA256 with a time).
 
+pub mod answer;
 pub mod billing;
 pub mod chunk;
 pub mod problem;

@@ -45,9 +45,19 @@ pub fn query_terms(query: &str) -> Vec<String> {
     out
 }
 
+/// The folded words of `text` that carry meaning (stopwords dropped), in
+/// order, repeats kept: what answer selection and citation checks compare.
+pub fn content_words(text: &str) -> Vec<String> {
+    folded_words(text)
+        .into_iter()
+        .map(|(_, _, w)| w)
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .collect()
+}
+
 /// `text` split into words (runs of letters or digits), each with its start
 /// and end offset in characters and its folded form.
-fn folded_words(text: &str) -> Vec<(usize, usize, String)> {
+pub(crate) fn folded_words(text: &str) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     let mut word = String::new();

@@ -9,6 +9,8 @@
 pub const QUOTA_USAGE_EXCEEDED: &str = "S2Q01";
 /// The monthly minutes are used up.
 pub const QUOTA_MINUTES_EXCEEDED: &str = "S2Q02";
+/// The monthly number of questions (answers from recordings) is used up.
+pub const QUOTA_QUESTIONS_EXCEEDED: &str = "S2Q03";
 /// A user, recording, plan or job does not exist (or is not yours).
 pub const NOT_FOUND: &str = "S2N01";
 /// The object exists but is not in a state that allows the change.
@@ -31,6 +33,7 @@ pub const LIMIT_REACHED: &str = "S2L01";
 pub const ALL: &[(&str, &str, u16)] = &[
     (QUOTA_USAGE_EXCEEDED, "quota_usage_exceeded", 429),
     (QUOTA_MINUTES_EXCEEDED, "quota_minutes_exceeded", 429),
+    (QUOTA_QUESTIONS_EXCEEDED, "quota_questions_exceeded", 429),
     (NOT_FOUND, "not_found", 404),
     (INVALID_STATE, "invalid_state", 409),
     (INVALID_INPUT, "invalid_input", 422),

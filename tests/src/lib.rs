@@ -407,3 +407,68 @@ pub fn wer(reference: &str, hypothesis: &str) -> f64 {
     }
     prev[h.len()] as f64 / r.len().max(1) as f64
 }
+
+/// A done recording of `user` with these segments; returns its id.
+pub async fn done_recording(
+    c: &Client,
+    user: Uuid,
+    segments: serde_json::Value,
+    language: &str,
+) -> Uuid {
+    let rec: Uuid = c
+        .query_one(
+            "SELECT s2t.check_quota_and_create_recording($1, 'upload', $2, '{}', NULL, 600000)",
+            &[&user, &language],
+        )
+        .await
+        .expect("create recording")
+        .get(0);
+    c.query_one(
+        "SELECT s2t.complete_recording($1, 600000, $2)",
+        &[&rec, &segments],
+    )
+    .await
+    .expect("complete");
+    rec
+}
+
+/// The embedding model `make models` installs (the extension's default).
+pub const EMBED_MODEL: &str = "all-MiniLM-L6-v2-int8";
+
+/// Embed every chunk waiting, the way a worker does: claim, embed (here
+/// with the backend's own model), store.
+pub async fn embed_all(c: &Client) -> i64 {
+    let mut stored = 0i64;
+    loop {
+        let rows = c
+            .query(
+                "SELECT chunk_id, content_hash, text FROM s2t.claim_chunks_to_embed($1, 50)",
+                &[&EMBED_MODEL],
+            )
+            .await
+            .expect("claim");
+        if rows.is_empty() {
+            return stored;
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        let hashes: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+        let mut flat: Vec<f32> = Vec::new();
+        for r in &rows {
+            let v: Vec<f32> = c
+                .query_one("SELECT s2t._embed_query($1)", &[&r.get::<_, String>(2)])
+                .await
+                .expect("embed")
+                .get(0);
+            flat.extend(v);
+        }
+        let n: i32 = c
+            .query_one(
+                "SELECT s2t.store_chunk_embeddings($1, $2, $3, $4)",
+                &[&EMBED_MODEL, &ids, &hashes, &flat],
+            )
+            .await
+            .expect("store")
+            .get(0);
+        stored += i64::from(n);
+    }
+}

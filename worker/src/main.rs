@@ -245,8 +245,14 @@ fn transcribe_files(args: TranscribeArgs) -> anyhow::Result<()> {
                     Ok((ms, t)) => {
                         audio_ms.fetch_add(ms as usize, Ordering::Relaxed);
                         let text: Vec<&str> = t.segments.iter().map(|s| s.text.as_str()).collect();
+                        let segments: Vec<_> = t
+                            .segments
+                            .iter()
+                            .map(|s| serde_json::json!({"idx": s.idx, "start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}))
+                            .collect();
                         serde_json::json!({
                             "file": path, "language": t.language, "text": text.join(" "),
+                            "segments": segments,
                             "audio_seconds": ms as f64 / 1000.0,
                             "seconds": t0.elapsed().as_secs_f64(),
                         })

@@ -8,6 +8,7 @@ mod me;
 mod openai;
 mod openai_realtime;
 mod ops;
+mod rag;
 mod realtime;
 mod recordings;
 mod search;
@@ -81,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/recordings/{id}/{file}", get(recordings::download))
         .route("/search/semantic", get(search::semantic))
+        .route("/rag/ask", post(rag::ask))
+        .route("/rag/history", get(rag::history))
         .route("/ws/s2t", get(realtime::ws))
         .route("/ws/ticket", post(realtime::ticket))
         .route("/v1/realtime", get(openai_realtime::realtime))

@@ -32,7 +32,7 @@ struct Params {
     language: Option<String>,
 }
 
-fn time(
+pub(super) fn time(
     field: &str,
     v: &Option<String>,
     errors: &mut BTreeMap<String, String>,
@@ -120,14 +120,13 @@ pub async fn semantic(
         .await?;
     // Whether the meaning was used: the extension's NOTICE does not reach
     // an HTTP client, so ask the same backend (free after the search).
-    let dense: bool = tx
-        .query_one("SELECT s2t.embedding_available()", &[])
-        .await?
-        .get(0);
-    let model: String = tx
-        .query_one("SELECT s2t.embedding_model()", &[])
-        .await?
-        .get(0);
+    let row = tx
+        .query_one(
+            "SELECT s2t.embedding_available(), s2t.embedding_model()",
+            &[],
+        )
+        .await?;
+    let (dense, model): (bool, String) = (row.get(0), row.get(1));
     tx.commit().await?;
     let hits: Vec<Value> = rows
         .iter()

@@ -190,6 +190,9 @@ CREATE FUNCTION _search(
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = s2t, pg_catalog, pg_temp
 SET hnsw.iterative_scan = 'relaxed_order'
+-- A value the body replaces from s2t.hnsw_ef_search; the clause makes
+-- PostgreSQL restore the caller's own setting when the function returns.
+SET hnsw.ef_search = 40
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -253,6 +256,7 @@ BEGIN
                    AND (in_language IS NULL OR r.language = in_language)
                  ORDER BY d LIMIT v_n) s;
         ELSE
+            PERFORM set_config('hnsw.ef_search', coalesce(current_setting('s2t.hnsw_ef_search', true), '100'), true);
             -- relaxed_order: the index may return near-ties out of order;
             -- the outer sort puts them right.
             SELECT array_agg(id ORDER BY d) INTO v_dense FROM (
@@ -304,7 +308,7 @@ CREATE FUNCTION search(
 )
 LANGUAGE sql STABLE PARALLEL RESTRICTED
 AS $$ SELECT * FROM s2t._search(query, query_embedding, k, recording_id, since, until, language) $$;
-COMMENT ON FUNCTION search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text) IS 'Hybrid search with a ready query vector (of the model s2t.embedding_model, or NULL for words only): the dense ranking (exact for scopes under s2t.exact_search_below chunks, else HNSW with iterative scan) and the full-text ranking on accent-folded words, fused by Reciprocal Rank Fusion (s2t.rrf_k, s2t.dense_weight, s2t.lexical_weight). Runs with the caller''s rights, so row-level security limits it to the caller''s chunks. Filters: one recording, recordings created in [since, until), a language. Per hit: the chunk, its recording (title: meta.title, else the uploaded file''s name), its times, the fused score, each ranking''s 1-based rank (NULL if it did not rank it) and the [start, end) character offsets of the matched words. Errors: S2V01 bad k, query, time range or vector; S2N01 unknown recording.';
+COMMENT ON FUNCTION search(text, @extschema:vector@.vector, int, uuid, timestamptz, timestamptz, text) IS 'Hybrid search with a ready query vector (of the model s2t.embedding_model, or NULL for words only): the dense ranking (exact for scopes under s2t.exact_search_below chunks, else HNSW with iterative scan and s2t.hnsw_ef_search) and the full-text ranking on accent-folded words, fused by Reciprocal Rank Fusion (s2t.rrf_k, s2t.dense_weight, s2t.lexical_weight). Runs with the caller''s rights, so row-level security limits it to the caller''s chunks. Filters: one recording, recordings created in [since, until), a language. Per hit: the chunk, its recording (title: meta.title, else the uploaded file''s name), its times, the fused score, each ranking''s 1-based rank (NULL if it did not rank it) and the [start, end) character offsets of the matched words. Errors: S2V01 bad k, query, time range or vector; S2N01 unknown recording.';
 
 
 CREATE FUNCTION search(

@@ -70,15 +70,16 @@ CREATE TABLE plans (
     plan_discount       int NOT NULL DEFAULT 0 CHECK (plan_discount BETWEEN 0 AND 100),
     monthly_minutes     int NOT NULL CHECK (monthly_minutes >= 0),
     monthly_usage_limit int NOT NULL CHECK (monthly_usage_limit >= 0),
-    created_at          timestamptz NOT NULL DEFAULT now()
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    monthly_questions   int NOT NULL DEFAULT 100 CHECK (monthly_questions >= 0)
 );
-COMMENT ON TABLE plans IS 'Service plans: monthly minutes and monthly number of transcriptions.';
+COMMENT ON TABLE plans IS 'Service plans: monthly minutes, monthly number of transcriptions and monthly number of questions (s2t.ask).';
 
-INSERT INTO plans (code, name, description, plan_type, plan_cost, monthly_minutes, monthly_usage_limit) VALUES
-    ('FREE',       'Free',       '60 minutes and 30 transcriptions a month',        'free',       0,    60,    30),
-    ('BASIC',      'Basic',      '600 minutes and 300 transcriptions a month',      'paid',       5,   600,   300),
-    ('PREMIUM',    'Premium',    '3000 minutes and 1500 transcriptions a month',    'paid',      20,  3000,  1500),
-    ('ENTERPRISE', 'Enterprise', '30000 minutes and 20000 transcriptions a month',  'enterprise', 200, 30000, 20000);
+INSERT INTO plans (code, name, description, plan_type, plan_cost, monthly_minutes, monthly_usage_limit, monthly_questions) VALUES
+    ('FREE',       'Free',       '60 minutes and 30 transcriptions a month',        'free',       0,    60,    30,   100),
+    ('BASIC',      'Basic',      '600 minutes and 300 transcriptions a month',      'paid',       5,   600,   300,  1000),
+    ('PREMIUM',    'Premium',    '3000 minutes and 1500 transcriptions a month',    'paid',      20,  3000,  1500, 5000),
+    ('ENTERPRISE', 'Enterprise', '30000 minutes and 20000 transcriptions a month',  'enterprise', 200, 30000, 20000, 50000);
 
 CREATE TABLE user_subscriptions (
     id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -1,0 +1,136 @@
+"""Answer quality of s2t.ask on the question set over real transcripts.
+
+The qa_set documents are spoken, transcribed by the worker and loaded as
+one user's recordings (qa_corpus, cached). Every question is asked through
+s2t.ask as the application role under row-level security:
+- qa_set.QUESTIONS (known answer sentence) and qa_set.UNANSWERABLE.
+- A citation is right when it is of the answer's recording and covers most
+  of the answer sentence's time (the time of the sentence it highlights).
+
+Reports for extractive mode:
+- citation precision: right citations / all citations;
+- answer recall: answerable questions with a right citation;
+- correct refusals: unanswerable questions answered found = false;
+- false refusals: answerable questions answered found = false;
+- time per answer (p50/p95, the whole s2t.ask call);
+- the calibration of s2t.answer_min_relevance: each threshold's correct
+  refusals and answer recall, from the best relevance of every question.
+
+Writes bench/results/ask.json.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import psycopg
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qa_corpus  # noqa: E402
+from qa_set import QUESTIONS, UNANSWERABLE  # noqa: E402
+
+
+def ask(con, uid, question, lang, min_relevance=None):
+    with con.transaction():
+        con.execute("SET LOCAL ROLE s2t_app")
+        con.execute("SELECT set_config('s2t.user_id', %s, true)", (str(uid),))
+        if min_relevance is not None:
+            con.execute(f"SET LOCAL s2t.answer_min_relevance = {min_relevance}")
+        t0 = time.perf_counter()
+        a = con.execute("SELECT s2t.ask(%s, lang => %s)", (question, lang)).fetchone()[0]
+        return a, (time.perf_counter() - t0) * 1000
+
+
+def right(c, recs, corpus, doc, sentence):
+    return (str(c["recording_id"]) == str(recs[doc])
+            and qa_corpus.answers(c["start_ms"], c["end_ms"], corpus[doc]["times"], sentence))
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(len(xs) * p))], 1)
+
+
+def evaluate(con, uid, recs, corpus, min_relevance=None):
+    cited = right_cited = recalled = false_refusals = refusals = 0
+    times, best_answerable, best_unanswerable, misses = [], [], [], []
+    for q, doc, sentence, _ in QUESTIONS:
+        a, ms = ask(con, uid, q, corpus[doc]["lang"], min_relevance)
+        times.append(ms)
+        best_answerable.append(a["best_relevance"])
+        if not a["found"]:
+            false_refusals += 1
+            misses.append({"question": q, "why": "not found", "best_relevance": round(a["best_relevance"], 3)})
+            continue
+        ok = [right(c, recs, corpus, doc, sentence) for c in a["citations"]]
+        cited += len(ok)
+        right_cited += sum(ok)
+        if any(ok):
+            recalled += 1
+        else:
+            misses.append({"question": q, "why": "wrong passage", "answer": a["answer"][:200]})
+    for q in UNANSWERABLE:
+        lang = "vi" if any(ord(ch) > 127 for ch in q) else "en"
+        a, ms = ask(con, uid, q, lang, min_relevance)
+        times.append(ms)
+        best_unanswerable.append(a["best_relevance"])
+        if not a["found"]:
+            refusals += 1
+        else:
+            misses.append({"question": q, "why": "answered the unanswerable", "answer": a["answer"][:200]})
+    return {
+        "answerable": len(QUESTIONS), "unanswerable": len(UNANSWERABLE),
+        "citation_precision": round(right_cited / cited, 3) if cited else None,
+        "answer_recall": round(recalled / len(QUESTIONS), 3),
+        "correct_refusals": f"{refusals}/{len(UNANSWERABLE)}",
+        "false_refusals": f"{false_refusals}/{len(QUESTIONS)}",
+        "citations_per_answer": round(cited / max(1, len(QUESTIONS) - false_refusals), 2),
+        "ms_p50": pct(times, 0.5), "ms_p95": pct(times, 0.95),
+        "misses": misses,
+    }, best_answerable, best_unanswerable
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--worker", required=True)
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/pg_s2t/bench"))
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    os.makedirs(args.cache_dir, exist_ok=True)
+    corpus = qa_corpus.transcripts(args.worker, args.models, args.cache_dir)
+    con = psycopg.connect(host=args.host, port=args.port, user="s2t", dbname="bench", autocommit=True)
+    uid, recs = qa_corpus.load(con, corpus)
+    default = con.execute("SELECT current_setting('s2t.answer_min_relevance')::float").fetchone()[0]
+    # Warm the backend's model once.
+    ask(con, uid, "warm up", "en")
+    # Calibration: every question's best relevance with no threshold.
+    _, best_a, best_u = evaluate(con, uid, recs, corpus, 0)
+    calibration = []
+    for t in [x / 100 for x in range(30, 71, 5)]:
+        calibration.append({"min_relevance": t,
+                            "correct_refusals": sum(1 for b in best_u if b < t),
+                            "answerable_kept": sum(1 for b in best_a if b >= t)})
+    result, _, _ = evaluate(con, uid, recs, corpus)
+    out = {"date": time.strftime("%Y-%m-%d"), "mode": "extractive",
+           "embedding_model": con.execute("SELECT s2t.embedding_model()").fetchone()[0],
+           "answer_min_relevance": default, "extractive": result,
+           "best_relevance": {"answerable_min": round(min(best_a), 3),
+                              "answerable_p10": round(sorted(best_a)[len(best_a) // 10], 3),
+                              "unanswerable_max": round(max(best_u), 3),
+                              "unanswerable": [round(b, 3) for b in best_u]},
+           "calibration": calibration}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2, ensure_ascii=False)
+    print(json.dumps({k: v for k, v in result.items() if k != "misses"}, indent=2))
+    print(json.dumps(out["best_relevance"]))
+    for row in calibration:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
