@@ -32,14 +32,15 @@ import qa_corpus  # noqa: E402
 from qa_set import QUESTIONS, UNANSWERABLE  # noqa: E402
 
 
-def ask(con, uid, question, lang, min_relevance=None):
+def ask(con, uid, question, lang, min_relevance=None, max_sentences=3):
     with con.transaction():
         con.execute("SET LOCAL ROLE s2t_app")
         con.execute("SELECT set_config('s2t.user_id', %s, true)", (str(uid),))
         if min_relevance is not None:
             con.execute(f"SET LOCAL s2t.answer_min_relevance = {min_relevance}")
         t0 = time.perf_counter()
-        a = con.execute("SELECT s2t.ask(%s, lang => %s)", (question, lang)).fetchone()[0]
+        a = con.execute("SELECT s2t.ask(%s, lang => %s, max_sentences => %s)",
+                        (question, lang, max_sentences)).fetchone()[0]
         return a, (time.perf_counter() - t0) * 1000
 
 
@@ -53,11 +54,11 @@ def pct(xs, p):
     return round(xs[min(len(xs) - 1, int(len(xs) * p))], 1)
 
 
-def evaluate(con, uid, recs, corpus, min_relevance=None):
+def evaluate(con, uid, recs, corpus, min_relevance=None, max_sentences=3):
     cited = right_cited = recalled = false_refusals = refusals = 0
     times, best_answerable, best_unanswerable, misses = [], [], [], []
     for q, doc, sentence, _ in QUESTIONS:
-        a, ms = ask(con, uid, q, corpus[doc]["lang"], min_relevance)
+        a, ms = ask(con, uid, q, corpus[doc]["lang"], min_relevance, max_sentences)
         times.append(ms)
         best_answerable.append(a["best_relevance"])
         if not a["found"]:
@@ -73,7 +74,7 @@ def evaluate(con, uid, recs, corpus, min_relevance=None):
             misses.append({"question": q, "why": "wrong passage", "answer": a["answer"][:200]})
     for q in UNANSWERABLE:
         lang = "vi" if any(ord(ch) > 127 for ch in q) else "en"
-        a, ms = ask(con, uid, q, lang, min_relevance)
+        a, ms = ask(con, uid, q, lang, min_relevance, max_sentences)
         times.append(ms)
         best_unanswerable.append(a["best_relevance"])
         if not a["found"]:
@@ -116,6 +117,11 @@ def main():
                             "correct_refusals": sum(1 for b in best_u if b < t),
                             "answerable_kept": sum(1 for b in best_a if b >= t)})
     result, _, _ = evaluate(con, uid, recs, corpus)
+    # Fewer quoted sentences: more precise citations, the same recall?
+    by_sentences = []
+    for n in (1, 2, 3):
+        r, _, _ = evaluate(con, uid, recs, corpus, None, n)
+        by_sentences.append({"max_sentences": n, **{k: v for k, v in r.items() if k != "misses"}})
     out = {"date": time.strftime("%Y-%m-%d"), "mode": "extractive",
            "embedding_model": con.execute("SELECT s2t.embedding_model()").fetchone()[0],
            "answer_min_relevance": default, "extractive": result,
@@ -123,12 +129,12 @@ def main():
                               "answerable_p10": round(sorted(best_a)[len(best_a) // 10], 3),
                               "unanswerable_max": round(max(best_u), 3),
                               "unanswerable": [round(b, 3) for b in best_u]},
-           "calibration": calibration}
+           "calibration": calibration, "by_max_sentences": by_sentences}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2, ensure_ascii=False)
     print(json.dumps({k: v for k, v in result.items() if k != "misses"}, indent=2))
     print(json.dumps(out["best_relevance"]))
-    for row in calibration:
+    for row in calibration + by_sentences:
         print(row)
 
 
