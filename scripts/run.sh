@@ -82,6 +82,27 @@ WORKER_DATABASE_URL="postgres://s2t_worker_svc:$S2T_WORKER_PASSWORD@127.0.0.1:$P
 S2T_MODEL="$MODELS/ggml-base.bin" S2T_MODEL_EN="$MODELS/ggml-tiny.en.bin" \
 S2T_REALTIME_LISTEN="$REALTIME_ADDR" \
     start_service worker "$CARGO_TARGET_DIR/release/s2t-worker" run
+# Generative answers ("Ask" in README.md): S2T_LLM=local starts the local
+# chat model server; or export S2T_LLM_URL and S2T_LLM_MODEL to point the
+# gateway at any OpenAI-compatible server. Otherwise answers are extractive.
+stop_service llm 50
+LLM_NOTE="extractive (S2T_LLM=local make run adds the local chat model)"
+if [ "${S2T_LLM:-}" = "local" ]; then
+    say "building s2t-llm (about 6 minutes the first time)"
+    cargo build -q --release -p s2t-llm
+    LLM_ADDR="127.0.0.1:$(free_port)"
+    say "starting the local chat model on http://$LLM_ADDR/v1 (log: .s2t/llm.log)"
+    start_service llm "$CARGO_TARGET_DIR/release/s2t-llm" \
+        --model "$MODELS/llm/SmolLM2-135M-Instruct.Q4_1.gguf" --name smollm2-135m --listen "$LLM_ADDR"
+    for _ in $(seq 1 100); do
+        python3 -c "import urllib.request; urllib.request.urlopen('http://$LLM_ADDR/healthz', timeout=1)" 2>/dev/null && break
+        sleep 0.2
+    done
+    export S2T_LLM_URL="http://$LLM_ADDR/v1" S2T_LLM_MODEL=smollm2-135m
+fi
+if [ -n "${S2T_LLM_URL:-}" ]; then
+    LLM_NOTE="generative with $S2T_LLM_MODEL at $S2T_LLM_URL, checked, extractive as the fallback"
+fi
 say "starting the gateway on http://$GATEWAY_ADDR (log: .s2t/gateway.log)"
 # Development mode (S2T_DEV): see "The gateway" in README.md.
 APP_DATABASE_URL="postgres://s2t_gateway:$S2T_GATEWAY_PASSWORD@127.0.0.1:$PORT/s2t" \
@@ -117,6 +138,7 @@ with a transcription worker (models in $MODELS) and the gateway:
 
   API:       http://$GATEWAY_ADDR      (curl examples: "The gateway" in README.md)
   Realtime:  ws://$GATEWAY_ADDR/ws/s2t  (protocol: "Realtime transcription" in README.md)
+  Answers:   POST http://$GATEWAY_ADDR/rag/ask, $LLM_NOTE
 
   source .s2t/run.env
   \$PG_BIN/psql "\$DATABASE_URL"          # as the owner (superuser)

@@ -38,6 +38,12 @@ export S2T_TEST_ADMIN_URL="postgres://s2t@127.0.0.1:$PORT/postgres"
 export S2T_TEST_TEMPLATE="s2t_template"
 # The gateway's end-to-end tests run the release worker that make models built.
 export S2T_WORKER_BIN="$CARGO_TARGET_DIR/release/s2t-worker"
+# And the local chat model server (its own binary: llama.cpp and whisper.cpp
+# cannot share one), built here in the test profile cargo test uses.
+say "building s2t-llm"
+cargo build -q -p s2t-llm
+export S2T_LLM_BIN="$CARGO_TARGET_DIR/debug/s2t-llm"
+export S2T_LLM_MODEL_FILE="$S2T_MODELS_DIR/llm/SmolLM2-135M-Instruct.Q4_1.gguf"
 export PG_BIN
 # The worker's tests restart this cluster to prove nothing is lost.
 export S2T_TEST_PGDATA="$DATA/data"

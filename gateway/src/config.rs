@@ -81,6 +81,23 @@ pub struct Config {
     /// `/v1/audio/transcriptions` together).
     #[arg(long, env = "S2T_MAX_UPLOADS_IN_FLIGHT", default_value_t = 4)]
     pub max_uploads_in_flight: usize,
+    /// The base URL of an OpenAI-compatible chat-completions API (for
+    /// example `http://127.0.0.1:8091/v1`, `s2t-llm`) for generative
+    /// answers. Unset: every answer is extractive.
+    #[arg(long, env = "S2T_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// The chat model's name, as that API knows it.
+    #[arg(long, env = "S2T_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    #[arg(long, env = "S2T_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// How long a generated answer may take in all; past it (or a 15 s
+    /// silence) the extractive answer is given instead.
+    #[arg(long, env = "S2T_LLM_TIMEOUT_SECS", default_value_t = 30)]
+    pub llm_timeout_secs: u64,
+    /// Longest generated answer, in tokens.
+    #[arg(long, env = "S2T_LLM_MAX_TOKENS", default_value_t = 200)]
+    pub llm_max_tokens: u32,
 }
 
 impl Config {

@@ -11,6 +11,8 @@
 //!   [`pgtls`] (`sslmode` for PostgreSQL), [`cursor`], [`range`],
 //!   [`transcript`], [`realtime_compat`] (OpenAI's realtime
 //!   transcription events).
+//! - [`llm`]: the client of an OpenAI-compatible chat model (generative
+//!   answers), bounded by deadlines.
 //! - [`error`]: problem details and the SQLSTATE → HTTP mapping;
 //!   [`events`]: LISTEN/NOTIFY fan-out for Server-Sent Events;
 //!   [`openapi`]: the API description at `/openapi.json` and `/docs`.
@@ -21,6 +23,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod limits;
+pub mod llm;
 pub mod observe;
 pub mod openapi;
 pub use s2t_pg as pgtls;
@@ -61,6 +64,8 @@ pub struct Inner {
     pub cors: config::CorsOrigins,
     pub events: events::Hub,
     pub metrics: observe::Metrics,
+    /// The chat model for generative answers, when one is configured.
+    pub llm: Option<llm::Llm>,
     /// Flips to true when the server starts shutting down, so long-lived
     /// answers (event streams, synchronous waits) end instead of holding
     /// the shutdown up.
@@ -88,6 +93,7 @@ impl AppState {
             std::time::Duration::from_millis(config.db_wait_ms),
         )?;
         let events = events::Hub::start(target);
+        let llm = llm::Llm::from_config(&config)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 jwt: tokens::JwtKeys::new(&secret),
@@ -104,6 +110,7 @@ impl AppState {
                 pool,
                 events,
                 metrics: observe::Metrics::default(),
+                llm,
                 stopping: tokio::sync::watch::channel(false).0,
             }),
         })

@@ -215,12 +215,14 @@ fn ask_paths() -> Value {
         "recording_id": {"type": "string", "format": "uuid"},
         "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
         "k": {"type": "integer", "minimum": 1, "maximum": 20, "default": 6},
-        "lang": {"type": "string", "enum": ["en", "vi"]}}});
+        "lang": {"type": "string", "enum": ["en", "vi"]},
+        "mode": {"type": "string", "enum": ["auto", "extractive", "generative"], "default": "auto",
+                 "description": "auto: generative when a chat model is configured (S2T_LLM_URL), else extractive"}}});
     let answer = json!({"$ref": "#/components/schemas/Answer"});
     let page = json!({"type": "object", "required": ["answers", "next_cursor"], "properties": {
         "answers": {"type": "array", "items": answer}, "next_cursor": {"type": ["string", "null"]}}});
     json!({
-            "/rag/ask": {"post": op("An answer to a question from the user's own transcripts, every claim cited (passage, time, highlighted sentence); counted against the plan's monthly questions. ?stream=true or Accept: text/event-stream sends events citations, answer (text pieces) and done", "ask", true,
+            "/rag/ask": {"post": op("An answer to a question from the user's own transcripts, every claim cited (passage, time, highlighted sentence); counted against the plan's monthly questions. ?stream=true or Accept: text/event-stream sends events citations, answer (text pieces; the model's tokens in generative mode), error or fallback (when a generated answer is replaced by the extractive one) and done (the checked answer)", "ask", true,
                 json!({"parameters": [{"name": "stream", "in": "query", "schema": {"type": "boolean"}}],
                        "requestBody": body(question)}),
                 json!({"200": {"description": "the answer (or an event stream)", "content": {
@@ -251,7 +253,11 @@ fn answer_schema() -> Value {
         "answer": {"type": "string", "description": "text with markers [n]; empty when found is false"},
         "citations": {"type": "array", "items": citation},
         "mode": {"type": "string", "enum": ["extractive", "generative"]}, "model": {"type": ["string", "null"]},
-        "found": {"type": "boolean"}, "fallback": {"type": ["string", "null"]},
+        "found": {"type": "boolean"},
+        "fallback": {"type": ["string", "null"], "description": "why a generated answer was replaced by the extractive one"},
+        "flagged": {"type": "array", "description": "sentences of a generated answer that their cited passages do not support",
+                    "items": {"type": "object", "properties": {"sentence": {"type": "string"}, "support": {"type": "number"}}}},
+        "removed_markers": {"type": "array", "items": {"type": "integer"}, "description": "markers of a generated answer that named no passage (removed)"},
         "scope": {"type": "object"}, "created_at": {"type": "string", "format": "date-time"}}})
 }
 

@@ -38,23 +38,7 @@ async fn ask_stream(s: &Stack, token: &str, body: Value) -> Vec<(String, Value)>
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let text = res.text().await.unwrap();
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let mut event = String::new();
-        let mut data = String::new();
-        for line in block.lines() {
-            if let Some(e) = line.strip_prefix("event: ") {
-                event = e.to_string();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                data.push_str(d);
-            }
-        }
-        if !event.is_empty() {
-            out.push((event, serde_json::from_str(&data).unwrap()));
-        }
-    }
-    out
+    read_events(res, |_, _| {}).await
 }
 
 #[tokio::test]
@@ -243,7 +227,345 @@ async fn bad_questions_are_problems_and_the_monthly_limit_is_429() {
     assert_eq!(p["code"], "S2Q03");
     assert_eq!(p["limit"], "monthly_questions");
     assert!(p["resets_at"].as_str().unwrap().ends_with("Z"));
+    let (_, stats) = s.get_json("/me/stats", &alice).await;
+    assert_eq!(stats["questions_used"], 2, "{stats}");
+    assert_eq!(stats["monthly_questions"], 2);
+    let (_, plans) = s.get_json("/plans", &alice).await;
+    let q2 = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["code"] == "Q2")
+        .unwrap()
+        .clone();
+    assert_eq!(q2["monthly_questions"], 2);
     // The refused question is not kept.
     let (_, h) = s.get_json("/rag/history", &alice).await;
     assert_eq!(h["answers"].as_array().unwrap().len(), 2);
+}
+
+/// The real `s2t-llm` with SmolLM2 on a loopback port.
+struct LocalModel {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for LocalModel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const LLM_NAME: &str = "smollm2";
+
+async fn local_model() -> LocalModel {
+    let bin = std::env::var("S2T_LLM_BIN").expect("make test sets S2T_LLM_BIN");
+    let model = std::env::var("S2T_LLM_MODEL_FILE").expect("make test sets S2T_LLM_MODEL_FILE");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(bin)
+        .args(["--model", &model, "--name", LLM_NAME])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start s2t-llm");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s2t-llm did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    LocalModel {
+        child,
+        url: format!("{base}/v1"),
+    }
+}
+
+/// Reads a streamed answer event by event; `on` sees each as it arrives
+/// (and may act, for example kill the model). Bounded in time.
+async fn read_events(
+    res: reqwest::Response,
+    mut on: impl FnMut(&str, &Value),
+) -> Vec<(String, Value)> {
+    use futures_util::StreamExt;
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut event, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if !event.is_empty() {
+                let v: Value = serde_json::from_str(&data).unwrap();
+                on(&event, &v);
+                out.push((event, v));
+            }
+        }
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Err(_) => panic!("the answer stream hung: {out:?}"),
+            Ok(None) => return out,
+            Ok(Some(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_local_model_answers_through_the_check_and_a_killed_model_falls_back() {
+    let mut model = local_model().await;
+    let url = model.url.clone();
+    let s = stack_with(50 * 1024 * 1024, true, |c| {
+        c.llm_url = Some(url);
+        c.llm_model = Some(LLM_NAME.into());
+        c.llm_timeout_secs = 60;
+        c.llm_max_tokens = 300;
+    })
+    .await;
+    let (alice, _) = s.user("alice_rag_llm").await;
+    let meeting = transcribed(
+        &s,
+        &alice,
+        speech_wav(
+            "This is the quarterly budget review. \
+             We agreed to cut travel spending by twenty percent starting next month. \
+             The engineering team needs twelve new laptops before the summer.",
+        ),
+        "en",
+    )
+    .await;
+    all_embedded(&s).await;
+
+    // Streamed: the passages the answer may cite, the model's own text
+    // token by token, then the checked answer. Whatever SmolLM2 wrote, the
+    // done event is exactly what the check makes of it.
+    let q = json!({"question": "what did we decide about travel spending", "k": 2});
+    let res = s
+        .http
+        .post(s.url("/rag/ask?stream=true"))
+        .bearer_auth(&alice)
+        .json(&q)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let events = read_events(res, |_, _| {}).await;
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names[0], "citations", "{names:?}");
+    assert_eq!(events[0].1["final"], false);
+    assert_eq!(events[0].1["model"], LLM_NAME);
+    assert_eq!(names.last(), Some(&"done"));
+    let offered: Vec<String> = events[0].1["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["recording_id"], meeting.as_str());
+            c["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(!offered.is_empty());
+    let raw: String = events
+        .iter()
+        .take_while(|(e, _)| e == "answer" || e == "citations")
+        .filter(|(e, _)| e == "answer")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    assert!(!raw.is_empty(), "the model wrote nothing: {names:?}");
+    let texts: Vec<&str> = offered.iter().map(String::as_str).collect();
+    let expected = s2t_core::answer::check(&raw, &texts);
+    let done = &events.last().unwrap().1;
+    eprintln!("the model wrote {raw:?}; the check made {done}");
+    assert_eq!(done["removed_markers"], json!(expected.removed), "{raw:?}");
+    if done["mode"] == "generative" {
+        assert_eq!(done["answer"], expected.answer.as_str());
+        assert_eq!(done["model"], LLM_NAME);
+        assert_eq!(done["fallback"], Value::Null);
+        let cited: Vec<u64> = done["citations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            cited,
+            expected.cited.iter().map(|&n| n as u64).collect::<Vec<_>>()
+        );
+        assert!(cited
+            .iter()
+            .all(|&n| (1..=offered.len() as u64).contains(&n)));
+        assert_eq!(
+            done["flagged"].as_array().unwrap().len(),
+            expected.flagged.len()
+        );
+    } else {
+        // No valid citation (or a refusal): the extractive answer, saying
+        // why, never the model's unchecked text.
+        assert_eq!(done["mode"], "extractive");
+        let why = done["fallback"].as_str().unwrap();
+        assert!(
+            why.contains("cited no retrieved passage") || why.contains("found no answer"),
+            "{why}"
+        );
+        assert!(expected.cited.is_empty() || why.contains("found no answer"));
+        assert!(names.contains(&"fallback"), "{names:?}");
+        assert_eq!(done["found"], true);
+        assert_eq!(done["citations"][0]["recording_id"], meeting.as_str());
+    }
+    // Invalid markers never survive into the stored answer.
+    for n in &expected.removed {
+        assert!(!done["answer"].as_str().unwrap().contains(&format!("[{n}]")));
+    }
+
+    // Asked for extractive: the model is not used.
+    let (status, a) = ask(
+        &s,
+        &alice,
+        json!({"question": "how many laptops does engineering need", "mode": "extractive"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["mode"], "extractive");
+    assert_eq!(a["fallback"], Value::Null);
+
+    // The model killed mid-answer: an error event, then the extractive
+    // answer, and the stream ends.
+    let res = s
+        .http
+        .post(s.url("/rag/ask?stream=true"))
+        .bearer_auth(&alice)
+        .json(&json!({"question": "how many laptops does engineering need before the summer"}))
+        .send()
+        .await
+        .unwrap();
+    let mut killed = false;
+    let events = read_events(res, |event, _| {
+        if event == "answer" && !killed {
+            let _ = model.child.kill();
+            let _ = model.child.wait();
+            killed = true;
+        }
+    })
+    .await;
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert!(killed, "the model never started answering: {names:?}");
+    let error = names
+        .iter()
+        .position(|&e| e == "error")
+        .expect("an error event");
+    assert_eq!(names.last(), Some(&"done"));
+    assert!(names[error..].contains(&"citations"));
+    let done = &events.last().unwrap().1;
+    assert_eq!(done["mode"], "extractive");
+    assert!(
+        done["fallback"].as_str().unwrap().contains("broke off"),
+        "{done}"
+    );
+    assert!(highlighted(&done["citations"][0])
+        .to_lowercase()
+        .contains("laptops"));
+
+    // With the model gone, JSON answers fall back at once, and say why.
+    let started = std::time::Instant::now();
+    let (status, a) = ask(&s, &alice, json!({"question": "travel spending"})).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["mode"], "extractive");
+    assert!(
+        a["fallback"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached"),
+        "{a}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The history keeps each answer with its fallback.
+    let (_, h) = s.get_json("/rag/history", &alice).await;
+    let kept = h["answers"].as_array().unwrap();
+    assert_eq!(kept.len(), 4);
+    assert!(kept[0]["fallback"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be reached"));
+}
+
+#[tokio::test]
+async fn a_model_that_never_answers_times_out_into_the_extractive_answer() {
+    // Accepts connections and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let s = stack_with(1024 * 1024, false, |c| {
+        c.llm_url = Some(url);
+        c.llm_model = Some("any".into());
+        c.llm_timeout_secs = 2;
+    })
+    .await;
+    let (alice, _) = s.user("alice_rag_silent").await;
+    // Nothing relevant: the model is not even asked.
+    let started = std::time::Instant::now();
+    let (status, a) = ask(&s, &alice, json!({"question": "anything"})).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["found"], false);
+    assert!(a["fallback"].as_str().unwrap().contains("not asked"), "{a}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // A transcript to find, then the silent model: the answer comes after
+    // the 2 s deadline, extractive.
+    let user: uuid::Uuid =
+        s.db.admin
+            .query_one(
+                "SELECT id FROM s2t.users WHERE user_name = 'alice_rag_silent'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    let segments = json!([s2t_tests::seg(
+        0,
+        0,
+        5000,
+        "The travel budget was cut by twenty percent."
+    )]);
+    s2t_tests::done_recording(&s.db.admin, user, segments, "en").await;
+    s2t_tests::embed_all(&s.db.admin).await;
+    let started = std::time::Instant::now();
+    let (status, a) = ask(
+        &s,
+        &alice,
+        json!({"question": "travel budget", "mode": "generative"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["found"], true, "{a}");
+    assert!(
+        a["fallback"].as_str().unwrap().contains("within 2 s"),
+        "{a}"
+    );
+    assert_eq!(a["mode"], "extractive");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    // An unknown mode is a problem, not a guess.
+    let (status, p) = ask(&s, &alice, json!({"question": "x", "mode": "creative"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(p["errors"]["mode"].is_string());
 }

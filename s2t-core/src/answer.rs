@@ -475,6 +475,28 @@ pub fn best_span(passage: &str, claim: &str) -> (usize, usize) {
         .unwrap_or((0, passage.chars().count()))
 }
 
+/// The citations of a [`check`]ed generated answer: one per passage it
+/// cites, numbered as its markers are, each highlighting the passage's
+/// sentence closest to the answer's sentences that cite it. `passages` is
+/// the list the answer was checked against.
+pub fn generated_citations(checked: &Checked, passages: &[Passage]) -> Vec<Citation> {
+    let claims = cited_sentences(&checked.answer);
+    checked
+        .cited
+        .iter()
+        .filter(|&&n| (1..=passages.len()).contains(&n))
+        .map(|&n| {
+            let said: Vec<&str> = claims
+                .iter()
+                .filter(|(_, cites)| cites.contains(&n))
+                .map(|(s, _)| s.as_str())
+                .collect();
+            let span = best_span(&passages[n - 1].text, &said.join(" "));
+            cite(n, passages, n - 1, span)
+        })
+        .collect()
+}
+
 /// A retrieved passage, as `s2t.ask_context` lists it (numbered from 1 in
 /// that order) and as the answer's citations quote it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -971,5 +993,47 @@ mod tests {
         );
         assert!(user.ends_with("Question: When does it open?"));
         assert!(m[0]["content"].as_str().unwrap().contains(NOT_FOUND_REPLY));
+    }
+
+    #[test]
+    fn generated_citations_follow_the_checked_markers_and_highlight_the_claim() {
+        let passage = |id: &str, text: &str, start: i64| Passage {
+            chunk_id: id.into(),
+            recording_id: format!("rec-{id}"),
+            title: format!("Meeting {id}"),
+            start_ms: start,
+            end_ms: start + 10_000,
+            text: text.into(),
+            segments: Vec::new(),
+        };
+        let passages = vec![
+            passage("a", "Lunch is at noon. The room is booked.", 0),
+            passage(
+                "b",
+                "We met on Monday. The travel budget was cut by ten percent. Next item.",
+                60_000,
+            ),
+        ];
+        let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+        let checked = check(
+            "The travel budget was cut by ten percent [2]. Lunch is at noon [1][5].",
+            &texts,
+        );
+        assert_eq!(checked.removed, vec![5]);
+        assert_eq!(checked.cited, vec![2, 1]);
+        let cites = generated_citations(&checked, &passages);
+        assert_eq!(cites.iter().map(|c| c.n).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(cites[0].chunk_id, "b");
+        assert_eq!(
+            slice(&cites[0].text, cites[0].highlight),
+            "The travel budget was cut by ten percent."
+        );
+        assert_eq!(
+            slice(&cites[1].text, cites[1].highlight),
+            "Lunch is at noon."
+        );
+        // Nothing valid cited: no citations (the caller falls back).
+        let none = check("Something else entirely [9].", &texts);
+        assert!(generated_citations(&none, &passages).is_empty());
     }
 }

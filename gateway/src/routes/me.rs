@@ -192,8 +192,20 @@ pub async fn stats(
             &[&user],
         )
         .await?;
+    let cycle_start: chrono::DateTime<chrono::Utc> = r.get(10);
+    let q = tx
+        .query_one(
+            "SELECT p.monthly_questions, coalesce(u.questions, 0)::int
+               FROM s2t.plans p
+               LEFT JOIN s2t.question_usage u ON u.user_id = $1 AND u.cycle_start = $3
+              WHERE p.code = $2",
+            &[&user, &r.get::<_, String>(7), &cycle_start],
+        )
+        .await?;
     tx.commit().await?;
     Ok(Json(json!({
+        "questions_used": q.get::<_, i32>(1),
+        "monthly_questions": q.get::<_, i32>(0),
         "total_recordings": r.get::<_, i64>(0),
         "total_duration_minutes": r.get::<_, f64>(1),
         "total_segments": r.get::<_, i64>(2),
@@ -215,7 +227,7 @@ pub async fn plans(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let rows = c
         .query(
             "SELECT code, name, description, plan_type, plan_cost, plan_discount,
-                    monthly_minutes, monthly_usage_limit
+                    monthly_minutes, monthly_usage_limit, monthly_questions
                FROM s2t.plans ORDER BY monthly_minutes, code",
             &[],
         )
@@ -232,6 +244,7 @@ pub async fn plans(State(state): State<AppState>) -> ApiResult<Json<Value>> {
                 "plan_discount": r.get::<_, i32>(5),
                 "monthly_minutes": r.get::<_, i32>(6),
                 "monthly_usage_limit": r.get::<_, i32>(7),
+                "monthly_questions": r.get::<_, i32>(8),
             })
         })
         .collect();

@@ -1,22 +1,33 @@
 //! `POST /rag/ask` and `GET /rag/history`: answers from the caller's own
-//! transcripts (the extension's `s2t.ask`, extractive), counted against the
-//! plan's monthly questions, kept per user; `?stream=true` (or `Accept:
-//! text/event-stream`) sends them as Server-Sent Events.
+//! transcripts, counted against the plan's monthly questions, kept per
+//! user; `?stream=true` (or `Accept: text/event-stream`) sends them as
+//! Server-Sent Events.
+//!
+//! Extractive answers are the extension's `s2t.ask`. When a chat model is
+//! configured (`S2T_LLM_URL`), the model is given `s2t.ask_context`'s
+//! passages and prompt; its answer is checked (`s2t_core::answer::check`):
+//! markers naming no passage are removed, unsupported sentences flagged,
+//! and an answer citing nothing valid, a refusal, an error or a timeout
+//! gives the extractive answer instead, saying why in `fallback`.
 
 use super::search::time;
 use super::{AuthUser, Query};
 use crate::cursor::Cursor;
 use crate::db::{begin_as, client};
 use crate::error::{ApiError, ApiResult};
+use crate::llm::{Llm, LlmError};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
+use s2t_core::answer::Passage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +38,15 @@ pub struct AskBody {
     until: Option<String>,
     k: Option<i64>,
     lang: Option<String>,
+    mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Generative when a model is configured, else extractive.
+    Auto,
+    Extractive,
+    Generative,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +61,7 @@ struct Params {
     until: Option<chrono::DateTime<chrono::Utc>>,
     k: i32,
     lang: Option<String>,
+    mode: Mode,
 }
 
 fn check(b: AskBody) -> Result<Params, BTreeMap<String, String>> {
@@ -78,6 +99,18 @@ fn check(b: AskBody) -> Result<Params, BTreeMap<String, String>> {
             errors.insert("lang".into(), "must be en or vi".into());
         }
     }
+    let mode = match b.mode.as_deref() {
+        None | Some("auto") => Mode::Auto,
+        Some("extractive") => Mode::Extractive,
+        Some("generative") => Mode::Generative,
+        Some(_) => {
+            errors.insert(
+                "mode".into(),
+                "must be auto, extractive or generative".into(),
+            );
+            Mode::Auto
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -88,6 +121,7 @@ fn check(b: AskBody) -> Result<Params, BTreeMap<String, String>> {
         until,
         k,
         lang,
+        mode,
     })
 }
 
@@ -134,6 +168,7 @@ fn with_links(citations: &Value) -> Value {
 
 fn answer_json(r: &tokio_postgres::Row) -> Value {
     let created: chrono::DateTime<chrono::Utc> = r.get("created_at");
+    let checks: Value = r.get("checks");
     json!({
         "id": r.get::<_, Uuid>("id"),
         "question": r.get::<_, String>("question"),
@@ -144,12 +179,197 @@ fn answer_json(r: &tokio_postgres::Row) -> Value {
         "found": r.get::<_, bool>("found"),
         "fallback": r.get::<_, Option<String>>("fallback"),
         "scope": r.get::<_, Value>("scope"),
+        "flagged": checks.get("flagged").cloned().unwrap_or_else(|| json!([])),
+        "removed_markers": checks.get("removed_markers").cloned().unwrap_or_else(|| json!([])),
         "created_at": created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     })
 }
 
 const ANSWER_COLUMNS: &str =
-    "id, question, answer, citations, mode, model, found, fallback, scope, created_at";
+    "id, question, answer, citations, mode, model, found, fallback, scope, created_at, checks";
+
+/// What a generated answer came to.
+enum Generated {
+    Checked {
+        answer: String,
+        citations: Vec<s2t_core::answer::Citation>,
+        flagged: Vec<s2t_core::answer::Flag>,
+        removed: Vec<usize>,
+    },
+    /// Replaced by the extractive answer; `error` when the model failed
+    /// (rather than answered badly).
+    Fallback { reason: String, error: bool },
+}
+
+type Events = Option<mpsc::Sender<Event>>;
+
+async fn send(events: &Events, name: &str, data: Value) {
+    if let Some(tx) = events {
+        let e = Event::default().event(name).data(data.to_string());
+        // A client that left is no reason to stop: the answer is stored.
+        let _ = tx.send(e).await;
+    }
+}
+
+/// The model's answer to the prompt of `context`, streamed to `events`
+/// as it comes, then checked against `passages`.
+async fn generate(
+    llm: &Llm,
+    max_tokens: u32,
+    question: &str,
+    context: &Value,
+    passages: &[Passage],
+    events: &Events,
+) -> Generated {
+    use s2t_core::answer::{best_span, check, cite, generated_citations, NOT_FOUND_REPLY};
+    // What the answer may cite, highlighted for the question; the done
+    // event carries the checked citations.
+    let offered: Vec<_> = (0..passages.len())
+        .map(|i| cite(i + 1, passages, i, best_span(&passages[i].text, question)))
+        .collect();
+    send(
+        events,
+        "citations",
+        json!({"citations": with_links(&json!(offered)), "found": true, "mode": "generative",
+               "model": llm.model, "final": false}),
+    )
+    .await;
+    let fail = |e: LlmError| Generated::Fallback {
+        reason: e.to_string(),
+        error: true,
+    };
+    let mut stream = match llm.stream(&context["messages"], max_tokens).await {
+        Ok(s) => Box::pin(s),
+        Err(e) => return fail(e),
+    };
+    let mut text = String::new();
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(t) => {
+                send(events, "answer", json!({"text": t})).await;
+                text.push_str(&t);
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    if text
+        .trim()
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(NOT_FOUND_REPLY)
+    {
+        return Generated::Fallback {
+            reason: "the model found no answer in the passages".into(),
+            error: false,
+        };
+    }
+    let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+    let checked = check(&text, &texts);
+    let citations = generated_citations(&checked, passages);
+    if citations.is_empty() {
+        return Generated::Fallback {
+            reason: "the model's answer cited no retrieved passage".into(),
+            error: false,
+        };
+    }
+    Generated::Checked {
+        answer: checked.answer,
+        citations,
+        flagged: checked.flagged,
+        removed: checked.removed,
+    }
+}
+
+/// An answer as the extension or the check gives it, ready to store.
+struct Answer {
+    answer: String,
+    citations: Value,
+    mode: &'static str,
+    model: Option<String>,
+    found: bool,
+    fallback: Option<String>,
+    flagged: Value,
+    removed: Value,
+}
+
+impl Answer {
+    fn extractive(a: &Value, fallback: Option<String>) -> Answer {
+        Answer {
+            answer: a["answer"].as_str().unwrap_or_default().to_string(),
+            citations: with_links(&a["citations"]),
+            mode: "extractive",
+            model: a["model"].as_str().map(str::to_string),
+            found: a["found"].as_bool().unwrap_or(false),
+            fallback,
+            flagged: json!([]),
+            removed: json!([]),
+        }
+    }
+}
+
+async fn store(
+    state: &AppState,
+    user: Uuid,
+    p: &Params,
+    scope: &Value,
+    a: &Answer,
+) -> ApiResult<Value> {
+    let mut c = client(&state.pool).await?;
+    let tx = begin_as(&mut c, user).await?;
+    let row = insert(&tx, user, p, scope, a).await?;
+    tx.commit().await?;
+    Ok(answer_json(&row))
+}
+
+async fn insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    user: Uuid,
+    p: &Params,
+    scope: &Value,
+    a: &Answer,
+) -> ApiResult<tokio_postgres::Row> {
+    Ok(tx
+        .query_one(
+            &format!(
+                "INSERT INTO s2t.answers (user_id, question, answer, citations, mode, model, found, fallback, scope, checks)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {ANSWER_COLUMNS}"
+            ),
+            &[
+                &user, &p.question, &a.answer, &a.citations, &a.mode, &a.model, &a.found,
+                &a.fallback, scope, &json!({"flagged": a.flagged, "removed_markers": a.removed}),
+            ],
+        )
+        .await?)
+}
+
+/// An answer's events: its citations, its text sentence by sentence (when
+/// not already streamed), then the whole answer.
+fn answer_events(out: &Value, text: bool) -> Vec<(&'static str, Value)> {
+    let mut events = vec![(
+        "citations",
+        json!({"citations": out["citations"], "found": out["found"], "mode": out["mode"],
+               "model": out["model"], "final": true}),
+    )];
+    if text {
+        let answer = out["answer"].as_str().unwrap_or_default();
+        for span in s2t_core::answer::sentences(answer) {
+            let piece = s2t_core::answer::slice(answer, span);
+            events.push(("answer", json!({"text": piece})));
+        }
+    }
+    events.push(("done", out.clone()));
+    events
+}
+
+fn sse(events: mpsc::Receiver<Event>) -> Response {
+    let stream = futures_util::stream::unfold(events, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
 
 pub async fn ask(
     State(state): State<AppState>,
@@ -161,67 +381,134 @@ pub async fn ask(
     let p = check(body).map_err(ApiError::invalid)?;
     let lang = language(&p, &headers);
     let stream = wants_stream(&q, &headers);
+    let llm = match p.mode {
+        Mode::Extractive => None,
+        _ => state.llm.clone(),
+    };
+    let scope =
+        json!({"recording_id": p.recording_id, "since": p.since, "until": p.until, "k": p.k});
     let mut c = client(&state.pool).await?;
     let tx = begin_as(&mut c, user).await?;
-    // Counted and answered in one transaction: a question that fails is
-    // not counted.
+    // Counted in the transaction that answers: a question that fails here
+    // is not counted.
     tx.query_one("SELECT s2t.admit_question($1)", &[&user])
         .await?;
-    let a: Value = tx
+    let Some(llm) = llm else {
+        let a: Value = tx
+            .query_one(
+                "SELECT s2t.ask($1::text, $2::int, $3::uuid, $4::timestamptz, $5::timestamptz, $6::text)",
+                &[&p.question, &p.k, &p.recording_id, &p.since, &p.until, &lang],
+            )
+            .await?
+            .get(0);
+        let fallback = (p.mode == Mode::Generative)
+            .then(|| "no chat model is configured (S2T_LLM_URL)".to_string());
+        let answer = Answer::extractive(&a, fallback);
+        let row = insert(&tx, user, &p, &scope, &answer).await?;
+        tx.commit().await?;
+        let out = answer_json(&row);
+        if !stream {
+            return Ok(Json(out).into_response());
+        }
+        let (etx, erx) = mpsc::channel(64);
+        let events = answer_events(&out, true);
+        tokio::spawn(async move {
+            for (name, data) in events {
+                send(&Some(etx.clone()), name, data).await;
+            }
+        });
+        return Ok(sse(erx));
+    };
+    // Generative: the passages and the prompt, and the extractive answer
+    // to fall back on, from one search.
+    let context: Value = tx
         .query_one(
-            "SELECT s2t.ask($1::text, $2::int, $3::uuid, $4::timestamptz, $5::timestamptz, $6::text)",
-            &[&p.question, &p.k, &p.recording_id, &p.since, &p.until, &lang],
+            "SELECT s2t.ask_context($1::text, $2::int, $3::uuid, $4::timestamptz, $5::timestamptz)",
+            &[&p.question, &p.k, &p.recording_id, &p.since, &p.until],
         )
         .await?
         .get(0);
-    let citations = with_links(&a["citations"]);
-    let scope =
-        json!({"recording_id": p.recording_id, "since": p.since, "until": p.until, "k": p.k});
-    let row = tx
+    let extracted: Value = tx
         .query_one(
-            &format!(
-                "INSERT INTO s2t.answers (user_id, question, answer, citations, mode, model, found, scope)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {ANSWER_COLUMNS}"
-            ),
-            &[
-                &user,
-                &p.question,
-                &a["answer"].as_str().unwrap_or_default(),
-                &citations,
-                &a["mode"].as_str().unwrap_or("extractive"),
-                &a["model"].as_str(),
-                &a["found"].as_bool().unwrap_or(false),
-                &scope,
-            ],
+            "SELECT s2t._extract_answer($1::text, $2::jsonb, $3::text, 3)",
+            &[&p.question, &context["passages"], &lang],
         )
-        .await?;
+        .await?
+        .get(0);
     tx.commit().await?;
-    let out = answer_json(&row);
-    if !stream {
-        return Ok(Json(out).into_response());
+    drop(c); // no connection is held while the model writes
+    let mut extractive = extracted.clone();
+    extractive["model"] = extracted["scored_by"].clone();
+    let passages: Vec<Passage> = serde_json::from_value(context["passages"].clone())
+        .map_err(|e| ApiError::internal(format!("ask_context's passages: {e}")))?;
+    let (etx, erx) = mpsc::channel(64);
+    let events: Events = stream.then_some(etx);
+    let max_tokens = state.config.llm_max_tokens;
+    // The answer is finished and stored even if the client leaves.
+    let task = tokio::spawn(async move {
+        let answer = if !extractive["found"].as_bool().unwrap_or(false) {
+            Answer::extractive(
+                &extractive,
+                Some("nothing relevant was retrieved, so the model was not asked".into()),
+            )
+        } else {
+            match generate(&llm, max_tokens, &p.question, &context, &passages, &events).await {
+                Generated::Checked {
+                    answer,
+                    citations,
+                    flagged,
+                    removed,
+                } => Answer {
+                    answer,
+                    citations: with_links(&json!(citations)),
+                    mode: "generative",
+                    model: Some(llm.model.clone()),
+                    found: true,
+                    fallback: None,
+                    flagged: json!(flagged
+                        .iter()
+                        .map(|f| json!({"sentence": f.sentence, "support": f.support}))
+                        .collect::<Vec<_>>()),
+                    removed: json!(removed),
+                },
+                Generated::Fallback { reason, error } => {
+                    let name = if error { "error" } else { "fallback" };
+                    send(
+                        &events,
+                        name,
+                        json!({"message": reason, "fallback": "extractive"}),
+                    )
+                    .await;
+                    Answer::extractive(&extractive, Some(reason))
+                }
+            }
+        };
+        let streamed = answer.mode == "generative";
+        match store(&state, user, &p, &scope, &answer).await {
+            Ok(out) => {
+                for (name, data) in answer_events(&out, !streamed) {
+                    send(&events, name, data).await;
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                send(
+                    &events,
+                    "error",
+                    json!({"message": "the answer could not be stored"}),
+                )
+                .await;
+                Err(e)
+            }
+        }
+    });
+    if stream {
+        return Ok(sse(erx));
     }
-    // The citations first (what the answer may quote), then the answer's
-    // text sentence by sentence, then the whole answer.
-    let mut events = vec![Event::default().event("citations").json_data(json!({
-        "citations": out["citations"], "found": out["found"], "mode": out["mode"], "model": out["model"],
-    }))];
-    let text = out["answer"].as_str().unwrap_or_default().to_string();
-    for span in s2t_core::answer::sentences(&text) {
-        let piece = s2t_core::answer::slice(&text, span);
-        events.push(
-            Event::default()
-                .event("answer")
-                .json_data(json!({"text": piece})),
-        );
-    }
-    events.push(Event::default().event("done").json_data(&out));
-    let events: Vec<Result<Event, std::convert::Infallible>> = events
-        .into_iter()
-        .map(|e| Ok(e.unwrap_or_else(|_| Event::default().event("error"))))
-        .collect();
-    Ok(Sse::new(futures_util::stream::iter(events))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    let out = task
+        .await
+        .map_err(|e| ApiError::internal(format!("the answer task failed: {e}")))??;
+    Ok(Json(out).into_response())
 }
 
 #[derive(Debug, Deserialize)]

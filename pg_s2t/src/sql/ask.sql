@@ -23,7 +23,11 @@ CREATE TABLE answers (
     fallback    text,
     -- The question's filters: recording_id, since, until, k.
     scope       jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(scope) = 'object'),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- What the citation check found in a generated answer: flagged (its
+    -- sentences that the passages they cite do not support) and
+    -- removed_markers (markers that named no passage).
+    checks      jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(checks) = 'object')
 );
 CREATE INDEX answers_user_created_idx ON answers (user_id, created_at DESC, id DESC);
 COMMENT ON TABLE answers IS 'Every answer given, with its checked citations, per user (row-level security): the history of questions.';
