@@ -63,7 +63,8 @@ fn admin_paths() -> Value {
                        "required": ["name", "monthly_minutes", "monthly_usage_limit"], "properties": {
                        "name": {"type": "string"}, "description": {"type": "string"}, "plan_type": {"type": "string"},
                        "plan_cost": {"type": "integer"}, "plan_discount": {"type": "integer"},
-                       "monthly_minutes": {"type": "integer"}, "monthly_usage_limit": {"type": "integer"}}}))}),
+                       "monthly_minutes": {"type": "integer"}, "monthly_usage_limit": {"type": "integer"},
+                       "monthly_questions": {"type": "integer", "minimum": 0, "description": "questions a month (POST /rag/ask); omitted keeps the plan's (100 for a new plan)"}}}))}),
             json!({"200": ok_json("saved", obj.clone()), "403": problem()}))},
         "/billing/webhook": {"post": op("Billing: apply a signed plan change (header s2t-signature: t=<unix>,v1=<hex HMAC-SHA256 of t.body>)", "admin", false,
             json!({"requestBody": body(json!({"type": "object", "required": ["event_id", "user_id", "plan_code"], "properties": {

@@ -93,12 +93,48 @@ async fn only_admins_administer_and_never_with_an_api_key() {
         .map(|r| (r.status(), r))
         .unwrap();
     assert_eq!(st, StatusCode::OK, "{:?}", body.text().await);
+    let team = |plans: &Value| {
+        plans["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["code"] == "TEAM")
+            .cloned()
+            .expect("TEAM is listed")
+    };
     let (_, plans) = s.get_json("/admin/plans", &admin).await;
-    assert!(plans["plans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["code"] == "TEAM"));
+    // A new plan without a question limit gets the default.
+    assert_eq!(team(&plans)["monthly_questions"], 100);
+    let put = |body: Value| {
+        s.http
+            .put(s.url("/admin/plans/TEAM"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let r = put(
+        json!({"name": "Team", "monthly_minutes": 6000, "monthly_usage_limit": 3000,
+                       "monthly_questions": 2500}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // An update that leaves it out keeps it.
+    let r = put(json!({"name": "Team", "monthly_minutes": 7000, "monthly_usage_limit": 3000}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, plans) = s.get_json("/admin/plans", &admin).await;
+    assert_eq!(team(&plans)["monthly_questions"], 2500);
+    assert_eq!(team(&plans)["monthly_minutes"], 7000);
+    // A negative limit is refused by the table's check.
+    let r = put(
+        json!({"name": "Team", "monthly_minutes": 7000, "monthly_usage_limit": 3000,
+                       "monthly_questions": -1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // An admin's API key is not an admin session.
     let (st, key) = s

@@ -2069,3 +2069,48 @@ ALTER TABLE question_usage OWNER TO s2t_definer;
 ALTER TABLE answers OWNER TO s2t_definer;
 ALTER FUNCTION admit_question(uuid) OWNER TO s2t_definer;
 -- == end ask ==
+
+-- == plan questions ==
+-- admin_upsert_plan takes the plan's monthly_questions.
+DROP FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int);
+CREATE FUNCTION admin_upsert_plan(
+    in_code text, in_name text, in_description text, in_plan_type text,
+    in_plan_cost int, in_plan_discount int, in_monthly_minutes int, in_monthly_usage_limit int,
+    in_monthly_questions int DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    PERFORM _assert_admin();
+    IF in_code IS NULL OR in_code !~ '^[A-Z][A-Z0-9_]{1,31}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = format('plan code must be 2-32 upper-case letters, digits or _, got %L', in_code),
+            DETAIL = 'field: code';
+    END IF;
+    IF in_name IS NULL OR btrim(in_name) = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'plan name must not be empty', DETAIL = 'field: name';
+    END IF;
+    -- No monthly_questions: the column's default for a new plan, the
+    -- plan's own for an existing one.
+    INSERT INTO plans AS p (code, name, description, plan_type, plan_cost, plan_discount, monthly_minutes,
+                            monthly_usage_limit, monthly_questions)
+    VALUES (in_code, in_name, in_description, coalesce(in_plan_type, 'paid'), coalesce(in_plan_cost, 0),
+            coalesce(in_plan_discount, 0), in_monthly_minutes, in_monthly_usage_limit,
+            coalesce(in_monthly_questions, 100))
+    ON CONFLICT (code) DO UPDATE
+       SET name = EXCLUDED.name, description = EXCLUDED.description, plan_type = EXCLUDED.plan_type,
+           plan_cost = EXCLUDED.plan_cost, plan_discount = EXCLUDED.plan_discount,
+           monthly_minutes = EXCLUDED.monthly_minutes, monthly_usage_limit = EXCLUDED.monthly_usage_limit,
+           monthly_questions = coalesce(in_monthly_questions, p.monthly_questions)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int, int) IS 'Admins: creates a plan or updates the one with this code; returns its id. in_monthly_questions NULL keeps an existing plan''s question limit (100 for a new plan). Errors: 42501 not an admin, S2V01 bad code or name, 23514 a limit out of range.';
+
+REVOKE EXECUTE ON FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int, int) TO s2t_app;
+GRANT EXECUTE ON FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int, int) TO s2t_definer;
+ALTER FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int, int) OWNER TO s2t_definer;
+-- == end plan questions ==

@@ -139,6 +139,8 @@ pub struct PlanBody {
     plan_discount: Option<i32>,
     monthly_minutes: i32,
     monthly_usage_limit: i32,
+    /// None keeps an existing plan's limit (100 for a new plan).
+    monthly_questions: Option<i32>,
 }
 
 /// `PUT /admin/plans/{code}`: creates or updates a plan.
@@ -152,7 +154,7 @@ pub async fn put_plan(
     let tx = begin_as(&mut c, admin).await?;
     let id: Uuid = tx
         .query_one(
-            "SELECT s2t.admin_upsert_plan($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT s2t.admin_upsert_plan($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &code,
                 &p.name,
@@ -162,6 +164,7 @@ pub async fn put_plan(
                 &p.plan_discount,
                 &p.monthly_minutes,
                 &p.monthly_usage_limit,
+                &p.monthly_questions,
             ],
         )
         .await?
@@ -184,7 +187,7 @@ pub async fn list_plans(
     let rows = tx
         .query(
             "SELECT code, name, description, plan_type, plan_cost, plan_discount,
-                    monthly_minutes, monthly_usage_limit
+                    monthly_minutes, monthly_usage_limit, monthly_questions
                FROM s2t.plans ORDER BY monthly_minutes, code",
             &[],
         )
@@ -202,6 +205,7 @@ pub async fn list_plans(
                 "plan_discount": r.get::<_, i32>(5),
                 "monthly_minutes": r.get::<_, i32>(6),
                 "monthly_usage_limit": r.get::<_, i32>(7),
+                "monthly_questions": r.get::<_, i32>(8),
             })
         })
         .collect();

@@ -131,7 +131,8 @@ COMMENT ON FUNCTION admin_reset_usage(uuid) IS 'Admins: restarts a user''s usage
 
 CREATE FUNCTION admin_upsert_plan(
     in_code text, in_name text, in_description text, in_plan_type text,
-    in_plan_cost int, in_plan_discount int, in_monthly_minutes int, in_monthly_usage_limit int
+    in_plan_cost int, in_plan_discount int, in_monthly_minutes int, in_monthly_usage_limit int,
+    in_monthly_questions int DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
 AS $$
@@ -146,18 +147,23 @@ BEGIN
     IF in_name IS NULL OR btrim(in_name) = '' THEN
         RAISE EXCEPTION USING ERRCODE = 'S2V01', MESSAGE = 'plan name must not be empty', DETAIL = 'field: name';
     END IF;
-    INSERT INTO plans (code, name, description, plan_type, plan_cost, plan_discount, monthly_minutes, monthly_usage_limit)
+    -- No monthly_questions: the column's default for a new plan, the
+    -- plan's own for an existing one.
+    INSERT INTO plans AS p (code, name, description, plan_type, plan_cost, plan_discount, monthly_minutes,
+                            monthly_usage_limit, monthly_questions)
     VALUES (in_code, in_name, in_description, coalesce(in_plan_type, 'paid'), coalesce(in_plan_cost, 0),
-            coalesce(in_plan_discount, 0), in_monthly_minutes, in_monthly_usage_limit)
+            coalesce(in_plan_discount, 0), in_monthly_minutes, in_monthly_usage_limit,
+            coalesce(in_monthly_questions, 100))
     ON CONFLICT (code) DO UPDATE
        SET name = EXCLUDED.name, description = EXCLUDED.description, plan_type = EXCLUDED.plan_type,
            plan_cost = EXCLUDED.plan_cost, plan_discount = EXCLUDED.plan_discount,
-           monthly_minutes = EXCLUDED.monthly_minutes, monthly_usage_limit = EXCLUDED.monthly_usage_limit
+           monthly_minutes = EXCLUDED.monthly_minutes, monthly_usage_limit = EXCLUDED.monthly_usage_limit,
+           monthly_questions = coalesce(in_monthly_questions, p.monthly_questions)
     RETURNING id INTO v_id;
     RETURN v_id;
 END
 $$;
-COMMENT ON FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int) IS 'Admins: creates a plan or updates the one with this code; returns its id. Errors: 42501 not an admin, S2V01 bad code or name, 23514 a limit out of range.';
+COMMENT ON FUNCTION admin_upsert_plan(text, text, text, text, int, int, int, int, int) IS 'Admins: creates a plan or updates the one with this code; returns its id. in_monthly_questions NULL keeps an existing plan''s question limit (100 for a new plan). Errors: 42501 not an admin, S2V01 bad code or name, 23514 a limit out of range.';
 
 CREATE FUNCTION apply_billing_event(in_payload text, in_signature text) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = s2t, pg_catalog, pg_temp
@@ -245,7 +251,7 @@ COMMENT ON FUNCTION create_api_key(uuid, text, text, bytea, timestamptz) IS 'Sto
 GRANT EXECUTE ON FUNCTION
     admin_list_users(text, int, int), admin_set_user_status(uuid, text),
     admin_change_plan(uuid, text, boolean), admin_reset_usage(uuid),
-    admin_upsert_plan(text, text, text, text, int, int, int, int),
+    admin_upsert_plan(text, text, text, text, int, int, int, int, int),
     apply_billing_event(text, text),
     create_api_key(uuid, text, text, bytea, timestamptz)
 TO s2t_app;
