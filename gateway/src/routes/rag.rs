@@ -203,11 +203,14 @@ enum Generated {
 
 type Events = Option<mpsc::Sender<Event>>;
 
+fn event(name: &str, data: &Value) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
 async fn send(events: &Events, name: &str, data: Value) {
     if let Some(tx) = events {
-        let e = Event::default().event(name).data(data.to_string());
         // A client that left is no reason to stop: the answer is stored.
-        let _ = tx.send(e).await;
+        let _ = tx.send(event(name, &data)).await;
     }
 }
 
@@ -360,15 +363,15 @@ fn answer_events(out: &Value, text: bool) -> Vec<(&'static str, Value)> {
     events
 }
 
-fn sse(events: mpsc::Receiver<Event>) -> Response {
-    let stream = futures_util::stream::unfold(events, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
-    });
-    Sse::new(stream)
+fn sse(events: impl futures_util::Stream<Item = Event> + Send + 'static) -> Response {
+    Sse::new(events.map(Ok::<_, std::convert::Infallible>))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The events a task sends, until it drops its sender.
+fn received(rx: mpsc::Receiver<Event>) -> impl futures_util::Stream<Item = Event> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
 }
 
 pub async fn ask(
@@ -410,14 +413,10 @@ pub async fn ask(
         if !stream {
             return Ok(Json(out).into_response());
         }
-        let (etx, erx) = mpsc::channel(64);
-        let events = answer_events(&out, true);
-        tokio::spawn(async move {
-            for (name, data) in events {
-                send(&Some(etx.clone()), name, data).await;
-            }
-        });
-        return Ok(sse(erx));
+        let events = answer_events(&out, true)
+            .into_iter()
+            .map(|(name, data)| event(name, &data));
+        return Ok(sse(futures_util::stream::iter(events)));
     };
     // Generative: the passages and the prompt, and the extractive answer
     // to fall back on, from one search.
@@ -503,7 +502,7 @@ pub async fn ask(
         }
     });
     if stream {
-        return Ok(sse(erx));
+        return Ok(sse(received(erx)));
     }
     let out = task
         .await
